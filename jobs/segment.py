@@ -1,0 +1,13 @@
+"""spark-submit entry point: fit the segmentation model, choose k, and write segment labels and the k sweep.
+
+    spark-submit --py-files dist/custseg.zip jobs/segment.py --config conf/base.yaml --config conf/cluster.yaml
+
+All logic lives in the custseg package; this file only hands over the flags.
+"""
+
+import sys
+
+from custseg.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["segment", *sys.argv[1:]]))

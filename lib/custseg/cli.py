@@ -1,0 +1,149 @@
+"""The ``custseg`` command: one subcommand per job, plus the end-to-end ``run``.
+
+The same ``main`` serves the console command, the thin scripts in ``jobs/`` that
+spark-submit runs, and a Databricks wheel task. It parses flags, loads the config,
+configures logging, gets the session, calls the stage's ``run`` and returns an exit
+code: 0 on success, 2 for a configuration or input problem (with a message that says
+what to fix), 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+from pyspark.sql import SparkSession
+
+from custseg import __version__, datagen, features, ingest, io, model
+from custseg import columns as c
+from custseg.config import Config, ConfigError, load_config, redacted
+from custseg.evaluate import adjusted_rand_index
+from custseg.sources import SourceError
+from custseg.spark import MissingJarsError, get_spark
+
+log = logging.getLogger("custseg")
+
+ENV_VAR = "CUSTSEG_ENV"
+USER_ERRORS = (ConfigError, SourceError, MissingJarsError)
+
+
+def new_run_id() -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def default_configs() -> list[str]:
+    """conf/base.yaml plus the overlay named by $CUSTSEG_ENV (default: local)."""
+    env = os.environ.get(ENV_VAR, "local")
+    return ["conf/base.yaml", f"conf/{env}.yaml"]
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def run_ingest(spark: SparkSession, cfg: Config, run_id: str) -> None:
+    ingest.run(spark, cfg, run_id)
+
+
+def run_features(spark: SparkSession, cfg: Config, run_id: str) -> None:
+    features.run(spark, cfg)
+
+
+def run_segment(spark: SparkSession, cfg: Config, run_id: str) -> None:
+    result = model.run(spark, cfg, run_id)
+    log.info("segment: k=%d, model %s", result.k, result.model_version)
+
+
+def run_all(spark: SparkSession, cfg: Config, run_id: str) -> None:
+    for name, stage in (("ingest", run_ingest), ("features", run_features), ("segment", run_segment)):
+        started = time.perf_counter()
+        log.info("== %s ==", name)
+        stage(spark, cfg, run_id)
+        log.info("== %s done in %.1fs ==", name, time.perf_counter() - started)
+    print_summary(spark, cfg)
+
+
+def run_demo(spark: SparkSession, cfg: Config, run_id: str) -> None:
+    datagen.generate(spark, cfg.demo)
+    run_all(spark, cfg, run_id)
+    labels = io.read(spark, io.table_ref(cfg.storage, cfg.tables.labels))
+    truth = datagen.read_truth(spark, cfg.demo.raw_dir)
+    ari = adjusted_rand_index(labels.join(truth, on=c.CUSTOMER_ID, how="inner"), c.SEGMENT_ID, "archetype")
+    print(f"Planted archetypes recovered with adjusted Rand index {ari:.3f}")
+
+
+def print_summary(spark: SparkSession, cfg: Config) -> None:
+    labels = io.read(spark, io.table_ref(cfg.storage, cfg.tables.labels))
+    feats = io.read(spark, io.table_ref(cfg.storage, cfg.tables.features))
+    summary = model.segment_summary(labels, feats).orderBy(c.SEGMENT_ID).toPandas()  # one row per segment
+    print(f"\nSegments ({len(summary)} incl. -1 = no purchase before the as-of date, if any):")
+    print(summary.to_string(index=False))
+    for key in ("labels", "k_sweep", "features", "transactions", "quarantine", "run_log"):
+        print(f"  {key:<13} {io.table_ref(cfg.storage, getattr(cfg.tables, key))}")
+
+
+STAGES: dict[str, tuple[Callable[[SparkSession, Config, str], None], str]] = {
+    "ingest": (run_ingest, "consolidate the raw sources into the canonical transactions table "
+                           "(plus quarantine and run log)"),
+    "features": (run_features, "compute RFM and behavioural features per customer as of a date"),
+    "segment": (run_segment, "scale, PCA, sweep k with KMeans, choose k, write labels and the k sweep"),
+    "run": (run_all, "ingest, features and segment in order, then print a per-segment summary"),
+    "demo": (run_demo, "generate the demo sources, run everything, and score against the planted truth"),
+}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="custseg",
+        description="Customer segmentation on Apache Spark and Delta Lake: raw transactions in, "
+                    "segment labels in Delta tables out.",
+        epilog=f"Without --config, reads conf/base.yaml and conf/${ENV_VAR}.yaml (default: local).",
+    )
+    p.add_argument("--version", action="version", version=f"custseg {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in STAGES.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.add_argument("--config", action="append", default=None, metavar="FILE",
+                        help="a YAML config file; repeat to layer (later files override earlier ones)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one key, e.g. --set segment.k_max=6 (repeatable; wins over files)")
+        sp.add_argument("--run-id", default=None, help="the id recorded with every output (default: a new one)")
+        sp.add_argument("--debug", action="store_true", help="log at DEBUG and show tracebacks")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("py4j", "pyspark"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = load_config(args.config or default_configs(), args.overrides)
+        run_id = args.run_id or new_run_id()
+        log.info("custseg %s %s, run %s", __version__, args.command, run_id)
+        log.info("effective config: %s", json.dumps(redacted(cfg), sort_keys=True))
+        spark = get_spark(cfg.spark)
+        STAGES[args.command][0](spark, cfg, run_id)
+        return 0
+    except USER_ERRORS as exc:
+        log.error("%s", exc, exc_info=args.debug)
+        return 2
+    except Exception as exc:  # the job failed: say so in one line, details on request
+        log.error("%s failed: %s: %s", args.command, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+                  exc_info=True)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

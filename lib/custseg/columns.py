@@ -1,0 +1,48 @@
+"""Column names and the canonical schemas of the tables this project writes."""
+
+from __future__ import annotations
+
+# canonical transactions
+TXN_ID = "txn_id"
+SOURCE = "source"
+CUSTOMER_ID = "customer_id"
+INVOICE_ID = "invoice_id"
+LINE_ID = "line_id"
+PRODUCT_ID = "product_id"
+QUANTITY = "quantity"
+UNIT_PRICE = "unit_price"
+AMOUNT = "amount"
+EVENT_TS = "event_ts"
+STORE = "store"
+CHANNEL = "channel"
+TXN_TYPE = "txn_type"
+RUN_ID = "run_id"
+
+PURCHASE = "purchase"
+RETURN = "return"
+VOID = "void"
+
+# customer features
+AS_OF_DATE = "as_of_date"
+FIRST_PURCHASE = "first_purchase_date"
+LAST_PURCHASE = "last_purchase_date"
+RECENCY_DAYS = "recency_days"
+FREQUENCY = "frequency"
+MONETARY = "monetary"
+TENURE_DAYS = "tenure_days"
+AVG_ORDER_VALUE = "avg_order_value"
+
+# segment labels and sweep
+SEGMENT_ID = "segment_id"
+K = "k"
+MODEL_VERSION = "model_version"
+WCSS = "wcss"
+SILHOUETTE = "silhouette"
+CHOSEN = "chosen"
+
+TRANSACTIONS_SCHEMA = (
+    "txn_id STRING NOT NULL, source STRING NOT NULL, customer_id STRING NOT NULL, "
+    "invoice_id STRING NOT NULL, line_id STRING, product_id STRING, quantity DOUBLE, "
+    "unit_price DOUBLE, amount DOUBLE, event_ts TIMESTAMP, store STRING, channel STRING, "
+    "txn_type STRING, source_file STRING, run_id STRING"
+)

@@ -1,0 +1,366 @@
+"""Typed, frozen configuration, loaded from layered YAML and validated once.
+
+``load_config(["conf/base.yaml", "conf/local.yaml"], ["segment.k_max=6"])`` merges the
+files in order (a later file overrides an earlier one), then applies the ``--set``
+overrides, then builds the dataclasses below. Every error names the offending key and
+the file (or ``--set``) it came from. Source mappings (``ingest.sources``) are YAML files
+of their own, loaded and validated the same way. Secrets never live here: a value
+written as ``${ENV_VAR}`` is read from the environment at load time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file, key or value is wrong; the message says which and where."""
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    app_name: str
+    master: str | None  # None: whatever spark-submit or the platform decides
+    delta_jars_dir: str | None  # None: Delta is already on the classpath (cluster, Databricks)
+    ui_enabled: bool
+    shuffle_partitions: int | None  # None: two per core of a local master, else Spark's
+    log_level: str | None  # Spark's own log level (spark.log.level); None: Spark's default
+    conf: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    mode: Literal["path", "catalog"]
+    root: str  # path mode: tables live at <root>/<table name>
+    database: str | None  # catalog mode: tables are <database>.<table name>
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    transactions: str
+    quarantine: str
+    run_log: str
+    features: str
+    labels: str
+    k_sweep: str
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    raw_dir: str
+    customers: int
+    seed: int
+    start_date: dt.date
+    end_date: dt.date
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    sources: list[str]  # paths of source mapping files (conf/sources/*.yaml)
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    as_of_date: dt.date | None  # None: the day after the newest accepted transaction
+    log1p: list[str]  # skewed features that enter the model as log1p(max(x, 0))
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    features: list[str]
+    pca_components: int | None  # None: no PCA
+    k_min: int
+    k_max: int
+    k: int | None  # fixed k; None: chosen from the sweep by `selection`
+    selection: Literal["silhouette", "elbow"]
+    silhouette_tolerance: float
+    seed: int
+    max_iter: int
+    model_dir: str
+
+
+@dataclass(frozen=True)
+class Config:
+    spark: SparkConfig
+    storage: StorageConfig
+    tables: TablesConfig
+    demo: DemoConfig
+    ingest: IngestConfig
+    features: FeaturesConfig
+    segment: SegmentConfig
+    sources: tuple[SourceConfig, ...] = field(default=())
+
+    def validate(self) -> Config:
+        seg = self.segment
+        _check(seg.k_min >= 2, "segment.k_min", "must be at least 2")
+        _check(seg.k_max >= seg.k_min, "segment.k_max", "must be at least segment.k_min")
+        _check(seg.k is None or seg.k >= 2, "segment.k", "must be at least 2")
+        _check(bool(seg.features), "segment.features", "must name at least one feature")
+        unknown = sorted(set(seg.features) - set(MODEL_FEATURES))
+        _check(not unknown, "segment.features", f"unknown features {unknown}; known: {MODEL_FEATURES}")
+        unknown = sorted(set(self.features.log1p) - set(MODEL_FEATURES))
+        _check(not unknown, "features.log1p", f"unknown features {unknown}; known: {MODEL_FEATURES}")
+        n = seg.pca_components
+        _check(
+            n is None or 1 <= n <= len(seg.features),
+            "segment.pca_components",
+            f"must be between 1 and the number of features ({len(seg.features)})",
+        )
+        _check(self.demo.end_date > self.demo.start_date, "demo.end_date", "must be after demo.start_date")
+        _check(self.demo.customers >= 1, "demo.customers", "must be at least 1")
+        _check(self.storage.mode != "catalog" or bool(self.storage.database),
+               "storage.database", "is required when storage.mode is 'catalog'")
+        names = [s.name for s in self.sources]
+        _check(len(names) == len(set(names)), "ingest.sources", f"source names must be unique, got {names}")
+        return self
+
+
+# Features the features job computes and the model may use; see features.py.
+MODEL_FEATURES = ("recency_days", "frequency", "monetary", "tenure_days", "avg_order_value")
+
+
+@dataclass(frozen=True)
+class SourceColumns:
+    """Canonical column <- source column (a column name or a SQL expression over the row)."""
+
+    customer_id: str
+    invoice_id: str
+    line_id: str | None
+    product_id: str
+    quantity: str
+    unit_price: str
+    event_ts: str
+    store: str | None
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    format: Literal["csv", "json", "parquet", "delta"]
+    path: str
+    options: dict[str, str]
+    explode: str | None  # an array column whose elements become rows, as `item`
+    columns: SourceColumns
+    channel: str
+    timestamp_format: str | None  # Spark datetime pattern; None: ISO 8601
+    timezone: str  # zone of timestamps that carry no offset
+    return_when: str  # SQL predicate over the source row: the line is a return or refund
+    void_when: str  # SQL predicate: the order never happened (cancelled before payment)
+    file: str = ""  # the mapping file, for messages
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+# --------------------------------------------------------------------------- loading
+
+_ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+
+
+def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:
+    """Merge ``files`` in order, apply ``key=value`` overrides, build and validate."""
+    if not files:
+        raise ConfigError("no configuration file given (pass --config conf/base.yaml)")
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for file in files:
+        _merge(merged, _read_yaml(Path(file)), str(file), origins, prefix="")
+    for item in overrides:
+        key, value = _parse_override(item)
+        _merge(merged, _nest(key, value), "--set", origins, prefix="")
+    cfg = _build(Config, merged, "", origins)
+    sources = tuple(load_source(p) for p in cfg.ingest.sources)
+    return dataclasses.replace(cfg, sources=sources).validate()
+
+
+def load_source(path: str | Path) -> SourceConfig:
+    data = _read_yaml(Path(path))
+    origins: dict[str, str] = {}
+    _merge({}, data, str(path), origins, prefix="")
+    data.setdefault("file", str(path))
+    return _build(SourceConfig, data, "", origins)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. segment.k_max=6")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def _merge(into: dict[str, Any], new: Mapping[str, Any], origin: str,
+           origins: dict[str, str], prefix: str) -> None:
+    for key, value in new.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            origins.setdefault(dotted, origin)
+            _merge(into[key], value, origin, origins, prefix=f"{dotted}.")
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+            origins[dotted] = origin
+            if isinstance(value, Mapping):
+                _record(value, origin, origins, f"{dotted}.")
+
+
+def _record(value: Mapping[str, Any], origin: str, origins: dict[str, str], prefix: str) -> None:
+    for key, sub in value.items():
+        origins[f"{prefix}{key}"] = origin
+        if isinstance(sub, Mapping):
+            _record(sub, origin, origins, f"{prefix}{key}.")
+
+
+def _origin(origins: Mapping[str, str], dotted: str) -> str:
+    while dotted:
+        if dotted in origins:
+            return origins[dotted]
+        dotted = dotted.rpartition(".")[0]
+    return "configuration"
+
+
+def _build(cls: type, data: Any, prefix: str, origins: Mapping[str, str]) -> Any:
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{_origin(origins, prefix.rstrip('.'))}: {where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            dotted = f"{prefix}{key}"
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{_origin(origins, dotted)}: unknown key '{dotted}'{hint}")
+    values = {}
+    for name, f in fields.items():
+        dotted = f"{prefix}{name}"
+        if name not in data:
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                continue
+            raise ConfigError(f"{_origin(origins, prefix.rstrip('.'))}: missing key '{dotted}'")
+        values[name] = _coerce(hints[name], data[name], dotted, origins)
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, dotted: str, origins: Mapping[str, str]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{_origin(origins, dotted)}: {dotted}: expected {expected}, got {value!r}")
+
+    if isinstance(value, str):
+        value = _ENV_REF.sub(lambda m: _env(m.group(1), dotted), value)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, dotted, origins)
+    if value is None:
+        raise fail(_describe(tp))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{dotted}.", origins)
+    if origin is Literal:
+        if value not in args:
+            raise fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise fail("a list")
+        return [_coerce(args[0], v, f"{dotted}[{i}]", origins) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise fail("a mapping")
+        return {str(k): _coerce(args[1], v, f"{dotted}.{k}", origins) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise fail("a string")
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    if tp is dt.date:
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return dt.date.fromisoformat(str(value))
+        except ValueError:
+            raise fail("a date YYYY-MM-DD") from None
+    raise fail(_describe(tp))  # pragma: no cover - a type this loader does not know
+
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _env(name: str, dotted: str) -> str:
+    try:
+        return os.environ[name]
+    except KeyError:
+        raise ConfigError(f"{dotted}: environment variable {name} is not set") from None
+
+
+def redacted(cfg: Config) -> dict[str, Any]:
+    """The effective configuration for logs, with secret-looking values masked."""
+    secret = re.compile(r"(password|secret|token|key)", re.IGNORECASE)
+
+    def walk(obj: Any, name: str = "") -> Any:
+        if dataclasses.is_dataclass(obj):
+            return {f.name: walk(getattr(obj, f.name), f.name) for f in dataclasses.fields(obj)}
+        if isinstance(obj, dict):
+            return {k: "***" if secret.search(k) else walk(v, k) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [walk(v, name) for v in obj]
+        if isinstance(obj, dt.date):
+            return obj.isoformat()
+        return obj
+
+    return walk(cfg)

@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="custseg",
+    version="0.1.0",
+    description="Customer segmentation on Apache Spark and Delta Lake",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    package_dir={"": "lib"},
+    packages=find_packages("lib"),
+    python_requires=">=3.10",
+    # Ranges here; the exact, tested pins are in requirements.txt.
+    install_requires=[
+        "pyspark>=4.2,<4.3",
+        "delta-spark>=4.4,<4.5",
+        "pandas>=2.2,<3",
+        "pyarrow>=18",
+        "PyYAML>=6",
+    ],
+    extras_require={"test": ["chispa>=0.12", "pytest>=8"]},
+    entry_points={"console_scripts": ["custseg=custseg.cli:main"]},
+)
