@@ -1,0 +1,63 @@
+"""One local SparkSession for the whole suite, built by the production factory with
+test-sized settings: two cores, two shuffle partitions, no UI, UTC, a temp warehouse."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from custseg.config import Config, load_config
+from custseg.spark import get_spark
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+
+TEST_SETTINGS = [
+    "spark.master=local[2]",
+    "spark.shuffle_partitions=2",
+    "spark.ui_enabled=false",
+    f"spark.delta_jars_dir={ROOT / '.cache' / 'jars'}",
+    "segment.k_max=6",
+]
+
+_RESULTS: list[str] = []
+
+
+def make_config(tmp: Path, *overrides: str) -> Config:
+    """The real base + local config, pointed at ``tmp`` and shrunk for tests."""
+    sources = [str(CONF / "sources" / "demo_pos.yaml"), str(CONF / "sources" / "demo_web.yaml")]
+    cfg = load_config(
+        [CONF / "base.yaml", CONF / "local.yaml"],
+        [*TEST_SETTINGS, f"storage.root={tmp / 'lake'}", f"segment.model_dir={tmp / 'models'}",
+         f"demo.raw_dir={tmp / 'raw'}", f"ingest.sources={sources}", *overrides],
+    )
+    raw = tmp / "raw"
+    return dataclasses.replace(
+        cfg, sources=tuple(dataclasses.replace(s, path=str(raw / s.name)) for s in cfg.sources))
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    cfg = make_config(warehouse, f"spark.conf={{spark.sql.warehouse.dir: '{warehouse}', "
+                                 "spark.driver.memory: 2g}")
+    session = get_spark(cfg.spark)
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def report() -> list[str]:
+    """Lines a test wants shown in the run's summary (e.g. measured scores)."""
+    return _RESULTS
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    if _RESULTS:
+        terminalreporter.section("measured")
+        for line in _RESULTS:
+            terminalreporter.write_line(line)
