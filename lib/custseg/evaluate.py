@@ -59,13 +59,13 @@ def adjusted_rand_index(df: DataFrame, labels_a: str, labels_b: str) -> float:
     def pairs(col: F.Column) -> F.Column:
         return F.sum(col * (col - 1) / 2.0)
 
-    cells = df.groupBy(labels_a, labels_b).agg(F.count(F.lit(1)).alias("n"))
-    rows = cells.groupBy(labels_a).agg(F.sum("n").alias("a"))
-    cols = cells.groupBy(labels_b).agg(F.sum("n").alias("b"))
+    cells = df.groupBy(labels_a, labels_b).agg(F.count(F.lit(1)).alias("_cell"))
+    row_totals = cells.groupBy(labels_a).agg(F.sum("_cell").alias("_total"))
+    col_totals = cells.groupBy(labels_b).agg(F.sum("_cell").alias("_total"))
     stats = (
-        cells.agg(pairs(F.col("n")).alias("index"), F.sum("n").alias("n"))
-        .crossJoin(rows.agg(pairs(F.col("a")).alias("sum_a")))
-        .crossJoin(cols.agg(pairs(F.col("b")).alias("sum_b")))
+        cells.agg(pairs(F.col("_cell")).alias("index"), F.sum("_cell").alias("n"))
+        .crossJoin(row_totals.agg(pairs(F.col("_total")).alias("sum_a")))
+        .crossJoin(col_totals.agg(pairs(F.col("_total")).alias("sum_b")))
         .first()
     )
     n = stats["n"] or 0

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from chispa import assert_df_equality
+
+from custseg import ingest, io
+from custseg.sources import SourceError
+from tests.conftest import make_config
+
+NOW = dt.datetime(2025, 1, 1)
+
+POS_CSV = """receipt_no,line_no,loyalty_id,sku,qty,unit_price,sold_at,store_id
+P1,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01
+P1,2,0042,SKU2,1,10.00,2024-06-01 10:00:00,S01
+P1,2,0042,SKU2,1,10.00,2024-06-01 10:00:00,S01
+R1,1,0042,SKU1,-1,3.50,2024-06-03 10:00:00,S01
+G1,1,,SKU2,1,10.00,2024-06-01 11:00:00,S02
+P2,1,0077,SKU3,x,1.00,2024-06-02 10:00:00,S02
+"""
+WEB_JSONL = """{"order_id":"W1","customer":{"id":"0042"},"created_at":"2024-06-05T10:00:00Z","kind":"order","status":"completed","items":[{"position":1,"sku":"SKU9","quantity":1,"price":20.0}]}
+{"order_id":"W1","customer":{"id":"0042"},"created_at":"2024-06-05T10:00:00Z","kind":"order","status":"completed","items":[{"position":1,"sku":"SKU9","quantity":1,"price":20.0}]}
+{"order_id":"W2","customer":{"id":"0099"},"created_at":"2024-06-06T10:00:00Z","kind":"order","status":"cancelled","items":[{"position":1,"sku":"SKU9","quantity":1,"price":20.0}]}
+"""  # noqa: E501
+
+
+def write_sources(raw: Path) -> None:
+    (raw / "pos").mkdir(parents=True, exist_ok=True)
+    (raw / "web").mkdir(parents=True, exist_ok=True)
+    (raw / "pos" / "day1.csv").write_text(POS_CSV, encoding="utf-8")
+    (raw / "web" / "day1.jsonl").write_text(WEB_JSONL, encoding="utf-8")
+
+
+def run_log_expected(spark, run_id):
+    return spark.createDataFrame(
+        [(run_id, "ingest", "pos", 6, 1, 3, 2), (run_id, "ingest", "web", 3, 1, 2, 0)],
+        "run_id STRING, job STRING, source STRING, rows_read LONG, duplicates LONG, accepted LONG, "
+        "quarantined LONG")
+
+
+def test_ingest_accepts_quarantines_and_reconciles(spark, tmp_path):
+    cfg = make_config(tmp_path)
+    write_sources(tmp_path / "raw")
+    counts = ingest.run(spark, cfg, "run-1", now=NOW)
+
+    assert all(s.balanced for s in counts)
+    log_cols = ["run_id", "job", "source", "rows_read", "duplicates", "accepted", "quarantined"]
+    run_log = io.read(spark, io.table_ref(cfg.storage, cfg.tables.run_log)).select(*log_cols)
+    assert_df_equality(run_log, run_log_expected(spark, "run-1"), ignore_row_order=True, ignore_nullable=True)
+
+    txns = io.read(spark, io.table_ref(cfg.storage, cfg.tables.transactions))
+    expected = spark.createDataFrame([
+        ("pos", "0042", "P1", "1", 2.0, 7.0, "purchase"),
+        ("pos", "0042", "P1", "2", 1.0, 10.0, "purchase"),
+        ("pos", "0042", "R1", "1", -1.0, -3.5, "return"),
+        ("web", "0042", "W1", "1", 1.0, 20.0, "purchase"),
+        ("web", "0099", "W2", "1", 1.0, 0.0, "void"),
+    ], "source STRING, customer_id STRING, invoice_id STRING, line_id STRING, quantity DOUBLE, amount DOUBLE, "
+       "txn_type STRING")
+    actual = txns.select("source", "customer_id", "invoice_id", "line_id", "quantity", "amount", "txn_type")
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+    quarantine = io.read(spark, io.table_ref(cfg.storage, cfg.tables.quarantine))
+    expected_q = spark.createDataFrame([("pos", "missing_customer_id"), ("pos", "unparseable_quantity")],
+                                       "source STRING, reason STRING")
+    assert_df_equality(quarantine.select("source", "reason"), expected_q, ignore_row_order=True,
+                       ignore_nullable=True)
+
+
+def test_ingest_rerun_of_same_input_adds_nothing(spark, tmp_path):
+    cfg = make_config(tmp_path)
+    write_sources(tmp_path / "raw")
+    ingest.run(spark, cfg, "run-1", now=NOW)
+    txns = io.table_ref(cfg.storage, cfg.tables.transactions)
+    quarantine = io.table_ref(cfg.storage, cfg.tables.quarantine)
+    before = (io.read(spark, txns).collect(), io.read(spark, quarantine).collect())
+
+    ingest.run(spark, cfg, "run-2", now=NOW)
+
+    after_txns = io.read(spark, txns)
+    assert_df_equality(after_txns, spark.createDataFrame(before[0], after_txns.schema), ignore_row_order=True)
+    after_q = io.read(spark, quarantine)
+    assert_df_equality(after_q, spark.createDataFrame(before[1], after_q.schema), ignore_row_order=True)
+
+
+def test_ingest_new_file_adds_only_its_rows(spark, tmp_path):
+    cfg = make_config(tmp_path)
+    write_sources(tmp_path / "raw")
+    ingest.run(spark, cfg, "run-1", now=NOW)
+    (tmp_path / "raw" / "pos" / "day2.csv").write_text(
+        "receipt_no,line_no,loyalty_id,sku,qty,unit_price,sold_at,store_id\n"
+        "P1,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01\n"  # already loaded from day1
+        "P9,1,0042,SKU1,1,3.50,2024-06-09 10:00:00,S01\n", encoding="utf-8")
+    ingest.run(spark, cfg, "run-2", now=NOW)
+    txns = io.read(spark, io.table_ref(cfg.storage, cfg.tables.transactions))
+    added = txns.where("run_id = 'run-2'").select("invoice_id")
+    assert_df_equality(added, spark.createDataFrame([("P9",)], "invoice_id STRING"), ignore_nullable=True)
+
+
+def test_ingest_missing_source_path_is_a_clear_error(spark, tmp_path):
+    cfg = make_config(tmp_path)
+    cfg = dataclasses.replace(cfg, sources=cfg.sources[:1])
+    with pytest.raises(SourceError, match=r"source 'pos' \(.*demo_pos\.yaml\): cannot read"):
+        ingest.run(spark, cfg, "run-1", now=NOW)
