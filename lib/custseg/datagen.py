@@ -22,12 +22,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
-
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from custseg.config import DemoConfig
+from custseg.io import resolve
 
 log = logging.getLogger(__name__)
 
@@ -234,13 +233,13 @@ def web_orders(lns: DataFrame, cfg: DemoConfig) -> DataFrame:
 
 def generate(spark: SparkSession, cfg: DemoConfig, raw_dir: str | None = None) -> dict[str, str]:
     """Write the demo sources and the ground truth under ``raw_dir``; return their paths."""
-    root = Path(raw_dir or cfg.raw_dir)
+    root = raw_dir or cfg.raw_dir
     if cfg.start_date >= cfg.end_date:
         raise ValueError("demo.start_date must be before demo.end_date")
     cust = customers(spark, cfg)
     lns = lines(orders(cust, cfg), cfg).where(F.col("ts") >= F.lit(cfg.start_date).cast("timestamp"))
     files = max(1, cfg.customers // 50_000)
-    paths = {name: str(root / name) for name in ("pos", "web", "truth")}
+    paths = {name: resolve(root, name) for name in ("pos", "web", "truth")}
     log.info("generating demo data for %d customers (seed %d) into %s", cfg.customers, cfg.seed, root)
     (pos_lines(lns, cfg).repartition(files, "receipt_no").sortWithinPartitions("receipt_no", "line_no")
      .write.mode("overwrite").option("header", "true").csv(paths["pos"]))
@@ -253,5 +252,5 @@ def generate(spark: SparkSession, cfg: DemoConfig, raw_dir: str | None = None) -
 
 def read_truth(spark: SparkSession, raw_dir: str) -> DataFrame:
     """The planted archetypes: customer_id, archetype."""
-    return spark.read.option("header", "true").csv(str(Path(raw_dir, "truth")))
+    return spark.read.option("header", "true").csv(resolve(raw_dir, "truth"))
 

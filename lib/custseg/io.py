@@ -7,6 +7,7 @@ a catalog name (``storage.mode: catalog``). Callers never branch on which.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,18 @@ class TableRef:
         return self.path or self.identifier or self.name
 
 
+def resolve(path: str, *parts: str) -> str:
+    """A path as Spark should see it: URIs (s3://, dbfs:/, ...) as they are, local paths
+    made absolute against this process's working directory (the JVM's may differ)."""
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/", path):
+        return "/".join([path.rstrip("/"), *parts])
+    return str(Path(path, *parts).resolve())
+
+
 def table_ref(storage: StorageConfig, name: str) -> TableRef:
     if storage.mode == "catalog":
         return TableRef(name=name, identifier=f"{storage.database}.{name}")
-    return TableRef(name=name, path=str(Path(storage.root, name).resolve()) if "://" not in storage.root
-                    else f"{storage.root.rstrip('/')}/{name}")
+    return TableRef(name=name, path=resolve(storage.root, name))
 
 
 def exists(spark: SparkSession, ref: TableRef) -> bool:

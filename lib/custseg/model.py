@@ -14,7 +14,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from pyspark import StorageLevel
 from pyspark.ml import Pipeline, PipelineModel, Transformer
@@ -141,9 +140,7 @@ def fit(spark: SparkSession, features: DataFrame, cfg: Config, run_id: str) -> t
         vectors.unpersist()
     model = PipelineModel(stages=[*prep.stages, models[k], ordering])
     version = f"kmeans-k{k}-{run_id}"
-    path = f"{seg.model_dir.rstrip('/')}/{version}"
-    if "://" not in path:
-        path = str(Path(path).resolve())
+    path = io.resolve(seg.model_dir, version)
     model.write().overwrite().save(path)
     log.info("chose k=%d by %s; model saved to %s", k, "config" if seg.k else seg.selection, path)
     return model, SegmentResult(k=k, sweep=points, model_version=version, model_path=path)

@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from custseg import columns as c
 from custseg.config import SourceConfig
+from custseg.io import resolve
 
 RAW = "raw"  # the original source row, as JSON text
 SOURCE_FILE = "source_file"  # the file a row was read from
@@ -45,7 +46,7 @@ def read_source(spark: SparkSession, src: SourceConfig) -> DataFrame:
     if src.format == "json":
         reader = reader.option("primitivesAsString", "true")
     try:
-        df = reader.load(src.path)
+        df = reader.load(resolve(src.path))
         df.schema  # noqa: B018 - resolve the schema now, so a bad path fails here
     except AnalysisException as exc:
         raise SourceError(f"source '{src.name}' ({src.file}): cannot read {src.path}: "

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from custseg.config import ConfigError, load_config, redacted
+from tests.conftest import CONF
+
+BASE = CONF / "base.yaml"
+LOCAL = CONF / "local.yaml"
+
+
+def write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_load_config_later_file_overrides_earlier_and_set_overrides_both(tmp_path):
+    overlay = write(tmp_path, "o.yaml", "segment:\n  k_max: 5\n  seed: 7\n")
+    cfg = load_config([BASE, LOCAL, overlay], ["segment.seed=11", "features.as_of_date=2024-06-30"])
+    assert cfg.spark.master == "local[*]"  # from local.yaml over base's null
+    assert cfg.segment.k_max == 5  # from the overlay
+    assert cfg.segment.seed == 11  # --set wins
+    assert cfg.segment.k_min == 2  # untouched base default
+    assert cfg.features.as_of_date == dt.date(2024, 6, 30)
+    assert [s.name for s in cfg.sources] == ["pos", "web"]
+
+
+def test_load_config_unknown_key_names_key_and_file(tmp_path):
+    overlay = write(tmp_path, "typo.yaml", "segment:\n  k_maxx: 5\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown key 'segment\.k_maxx' \(did you mean 'segment\.k_max'\?\)"):
+        load_config([BASE, overlay])
+
+
+def test_load_config_wrong_type_names_key_and_file(tmp_path):
+    overlay = write(tmp_path, "bad.yaml", "segment:\n  k_max: many\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: segment\.k_max: expected an integer, got 'many'"):
+        load_config([BASE, overlay])
+
+
+def test_load_config_wrong_type_from_set_names_set():
+    with pytest.raises(ConfigError, match=r"--set: spark\.ui_enabled: expected true or false"):
+        load_config([BASE], ["spark.ui_enabled=maybe"])
+
+
+def test_load_config_validates_ranges():
+    with pytest.raises(ConfigError, match=r"segment\.k_max: must be at least segment\.k_min"):
+        load_config([BASE], ["segment.k_min=5", "segment.k_max=3"])
+
+
+def test_load_config_bad_source_mapping_names_its_file(tmp_path):
+    source = write(tmp_path, "src.yaml", (CONF / "sources" / "demo_pos.yaml").read_text().replace(
+        "format: csv", "format: xlsx"))
+    with pytest.raises(ConfigError, match=r"src\.yaml: format: expected one of 'csv', 'json', 'parquet', 'delta'"):
+        load_config([BASE], [f"ingest.sources=['{source}']"])
+
+
+def test_load_config_reads_secrets_from_environment(monkeypatch):
+    monkeypatch.setenv("CUSTSEG_TEST_TOKEN", "s3cr3t")
+    cfg = load_config([BASE], ["spark.conf={fs.azure.account.key: '${CUSTSEG_TEST_TOKEN}'}"])
+    assert cfg.spark.conf["fs.azure.account.key"] == "s3cr3t"
+    assert "s3cr3t" not in str(redacted(cfg))
+
+
+def test_load_config_missing_environment_variable_is_named():
+    with pytest.raises(ConfigError, match=r"spark\.conf\.x: environment variable CUSTSEG_NOT_SET is not set"):
+        load_config([BASE], ["spark.conf={x: '${CUSTSEG_NOT_SET}'}"])
+
+
+def test_load_config_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: configuration file not found"):
+        load_config([tmp_path / "nope.yaml"])
