@@ -1,10 +1,12 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="custseg",
     version="0.1.0",
     description="Customer segmentation on Apache Spark and Delta Lake",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     package_dir={"": "lib"},
     packages=find_packages("lib"),

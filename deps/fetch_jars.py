@@ -38,7 +38,11 @@ def main() -> int:
     shutil.rmtree(staging, ignore_errors=True)
     print(f"Resolving io.delta:delta-spark_{spark_binary}_2.13:{delta_version} from Maven Central")
     cmd = [
-        "mvn", "-q", "-B", "-f", str(POM),
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(POM),
         f"-Dmaven.repo.local={CACHE / 'm2'}",
         f"-Ddelta.version={delta_version}",
         f"-Dspark.binary={spark_binary}",

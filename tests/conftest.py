@@ -32,19 +32,23 @@ def make_config(tmp: Path, *overrides: str) -> Config:
     sources = [str(CONF / "sources" / "demo_pos.yaml"), str(CONF / "sources" / "demo_web.yaml")]
     cfg = load_config(
         [CONF / "base.yaml", CONF / "local.yaml"],
-        [*TEST_SETTINGS, f"storage.root={tmp / 'lake'}", f"segment.model_dir={tmp / 'models'}",
-         f"demo.raw_dir={tmp / 'raw'}", f"ingest.sources={sources}", *overrides],
+        [
+            *TEST_SETTINGS,
+            f"storage.root={tmp / 'lake'}",
+            f"segment.model_dir={tmp / 'models'}",
+            f"demo.raw_dir={tmp / 'raw'}",
+            f"ingest.sources={sources}",
+            *overrides,
+        ],
     )
     raw = tmp / "raw"
-    return dataclasses.replace(
-        cfg, sources=tuple(dataclasses.replace(s, path=str(raw / s.name)) for s in cfg.sources))
+    return dataclasses.replace(cfg, sources=tuple(dataclasses.replace(s, path=str(raw / s.name)) for s in cfg.sources))
 
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     warehouse = tmp_path_factory.mktemp("warehouse")
-    cfg = make_config(warehouse, f"spark.conf={{spark.sql.warehouse.dir: '{warehouse}', "
-                                 "spark.driver.memory: 2g}")
+    cfg = make_config(warehouse, f"spark.conf={{spark.sql.warehouse.dir: '{warehouse}', spark.driver.memory: 2g}}")
     session = get_spark(cfg.spark)
     yield session
     session.stop()

@@ -30,7 +30,9 @@ def test_load_config_later_file_overrides_earlier_and_set_overrides_both(tmp_pat
 
 def test_load_config_unknown_key_names_key_and_file(tmp_path):
     overlay = write(tmp_path, "typo.yaml", "segment:\n  k_maxx: 5\n")
-    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown key 'segment\.k_maxx' \(did you mean 'segment\.k_max'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"typo\.yaml: unknown key 'segment\.k_maxx' \(did you mean 'segment\.k_max'\?\)"
+    ):
         load_config([BASE, overlay])
 
 
@@ -51,8 +53,9 @@ def test_load_config_validates_ranges():
 
 
 def test_load_config_bad_source_mapping_names_its_file(tmp_path):
-    source = write(tmp_path, "src.yaml", (CONF / "sources" / "demo_pos.yaml").read_text().replace(
-        "format: csv", "format: xlsx"))
+    source = write(
+        tmp_path, "src.yaml", (CONF / "sources" / "demo_pos.yaml").read_text().replace("format: csv", "format: xlsx")
+    )
     with pytest.raises(ConfigError, match=r"src\.yaml: format: expected one of 'csv', 'json', 'parquet', 'delta'"):
         load_config([BASE], [f"ingest.sources=['{source}']"])
 

@@ -24,5 +24,4 @@ def test_generate_is_deterministic_and_has_real_data_quirks(spark, tmp_path):
     assert web_a.where("kind = 'refund'").count() > 0
     truth = datagen.read_truth(spark, str(tmp_path / "a"))
     assert truth.count() == 60
-    assert {r.archetype for r in truth.select("archetype").distinct().collect()} <= {
-        a.name for a in datagen.ARCHETYPES}
+    assert {r.archetype for r in truth.select("archetype").distinct().collect()} <= {a.name for a in datagen.ARCHETYPES}

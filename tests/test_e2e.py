@@ -16,8 +16,7 @@ CUSTOMERS = 400
 
 def run_cli(command: str, *extra: str) -> int:
     sources = [str(CONF / "sources" / "demo_pos.yaml"), str(CONF / "sources" / "demo_web.yaml")]
-    args = [command, "--config", str(CONF / "base.yaml"), "--config", str(CONF / "local.yaml"),
-            "--run-id", "e2e-run"]
+    args = [command, "--config", str(CONF / "base.yaml"), "--config", str(CONF / "local.yaml"), "--run-id", "e2e-run"]
     for setting in [*TEST_SETTINGS, f"ingest.sources={sources}", f"demo.customers={CUSTOMERS}", *extra]:
         args += ["--set", setting]
     return main(args)

@@ -17,8 +17,13 @@ def test_adjusted_rand_index_is_one_for_relabelled_partition(spark):
     assert adjusted_rand_index(df, "a", "b") == pytest.approx(1.0)
 
 
-CURVE = [SweepPoint(2, 100.0, 0.5), SweepPoint(3, 40.0, 0.61), SweepPoint(4, 20.0, 0.62),
-         SweepPoint(5, 15.0, 0.3), SweepPoint(6, 12.0, 0.2)]
+CURVE = [
+    SweepPoint(2, 100.0, 0.5),
+    SweepPoint(3, 40.0, 0.61),
+    SweepPoint(4, 20.0, 0.62),
+    SweepPoint(5, 15.0, 0.3),
+    SweepPoint(6, 12.0, 0.2),
+]
 
 
 def test_elbow_k_is_farthest_below_the_chord():

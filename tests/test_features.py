@@ -23,17 +23,23 @@ def test_customer_features_rfm_worked_example(spark):
     # frequency 2, monetary 150 - 15 = 135, gross 150 over 2 orders = 75 per order,
     # last purchase 2024-06-21 -> recency 10, first 2024-01-02 -> tenure 181.
     # Customer b: one order of 40 on 2024-06-30 (the day before as-of): recency 1.
-    txns = spark.createDataFrame([
-        ("a", "A1", 30.0, ts("2024-01-02 10:00:00"), "purchase"),
-        ("a", "A1", 20.0, ts("2024-01-02 10:00:00"), "purchase"),
-        ("a", "A2", 100.0, ts("2024-06-21 23:59:59"), "purchase"),
-        ("a", "R1", -15.0, ts("2024-06-25 09:00:00"), "return"),
-        ("b", "B1", 40.0, ts("2024-06-30 12:00:00"), "purchase"),
-    ], TXN_SCHEMA)
-    expected = spark.createDataFrame([
-        ("a", AS_OF, dt.date(2024, 1, 2), dt.date(2024, 6, 21), 10, 2, 135.0, 181, 75.0),
-        ("b", AS_OF, dt.date(2024, 6, 30), dt.date(2024, 6, 30), 1, 1, 40.0, 1, 40.0),
-    ], FEATURE_SCHEMA)
+    txns = spark.createDataFrame(
+        [
+            ("a", "A1", 30.0, ts("2024-01-02 10:00:00"), "purchase"),
+            ("a", "A1", 20.0, ts("2024-01-02 10:00:00"), "purchase"),
+            ("a", "A2", 100.0, ts("2024-06-21 23:59:59"), "purchase"),
+            ("a", "R1", -15.0, ts("2024-06-25 09:00:00"), "return"),
+            ("b", "B1", 40.0, ts("2024-06-30 12:00:00"), "purchase"),
+        ],
+        TXN_SCHEMA,
+    )
+    expected = spark.createDataFrame(
+        [
+            ("a", AS_OF, dt.date(2024, 1, 2), dt.date(2024, 6, 21), 10, 2, 135.0, 181, 75.0),
+            ("b", AS_OF, dt.date(2024, 6, 30), dt.date(2024, 6, 30), 1, 1, 40.0, 1, 40.0),
+        ],
+        FEATURE_SCHEMA,
+    )
     actual = txns.transform(customer_features(AS_OF))
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
@@ -46,39 +52,53 @@ def test_customer_features_returns_only_customer_has_no_recency(spark):
 
 
 def test_customer_features_repeat_orders_same_day_count_separately(spark):
-    txns = spark.createDataFrame([
-        ("s", "S1", 10.0, ts("2024-06-01 09:00:00"), "purchase"),
-        ("s", "S2", 30.0, ts("2024-06-01 17:00:00"), "purchase"),
-    ], TXN_SCHEMA)
+    txns = spark.createDataFrame(
+        [
+            ("s", "S1", 10.0, ts("2024-06-01 09:00:00"), "purchase"),
+            ("s", "S2", 30.0, ts("2024-06-01 17:00:00"), "purchase"),
+        ],
+        TXN_SCHEMA,
+    )
     expected = spark.createDataFrame(
-        [("s", AS_OF, dt.date(2024, 6, 1), dt.date(2024, 6, 1), 30, 2, 40.0, 30, 20.0)], FEATURE_SCHEMA)
+        [("s", AS_OF, dt.date(2024, 6, 1), dt.date(2024, 6, 1), 30, 2, 40.0, 30, 20.0)], FEATURE_SCHEMA
+    )
     actual = txns.transform(customer_features(AS_OF))
     assert_df_equality(actual, expected, ignore_nullable=True)
 
 
 def test_customer_features_void_orders_are_not_purchases(spark):
-    txns = spark.createDataFrame([
-        ("v", "V1", 50.0, ts("2024-05-01 09:00:00"), "purchase"),
-        ("v", "V2", 0.0, ts("2024-06-01 09:00:00"), "void"),
-    ], TXN_SCHEMA)
+    txns = spark.createDataFrame(
+        [
+            ("v", "V1", 50.0, ts("2024-05-01 09:00:00"), "purchase"),
+            ("v", "V2", 0.0, ts("2024-06-01 09:00:00"), "void"),
+        ],
+        TXN_SCHEMA,
+    )
     expected = spark.createDataFrame(
-        [("v", AS_OF, dt.date(2024, 5, 1), dt.date(2024, 5, 1), 61, 1, 50.0, 61, 50.0)], FEATURE_SCHEMA)
+        [("v", AS_OF, dt.date(2024, 5, 1), dt.date(2024, 5, 1), 61, 1, 50.0, 61, 50.0)], FEATURE_SCHEMA
+    )
     assert_df_equality(txns.transform(customer_features(AS_OF)), expected, ignore_nullable=True)
 
 
 def test_customer_features_as_of_before_first_order_excludes_customer(spark):
-    txns = spark.createDataFrame([
-        ("early", "E1", 10.0, ts("2024-06-30 23:59:59"), "purchase"),
-        ("late", "L1", 10.0, ts("2024-07-01 00:00:00"), "purchase"),
-    ], TXN_SCHEMA)
+    txns = spark.createDataFrame(
+        [
+            ("early", "E1", 10.0, ts("2024-06-30 23:59:59"), "purchase"),
+            ("late", "L1", 10.0, ts("2024-07-01 00:00:00"), "purchase"),
+        ],
+        TXN_SCHEMA,
+    )
     actual = txns.transform(customer_features(AS_OF)).select("customer_id")
     expected = spark.createDataFrame([("early",)], "customer_id STRING")
     assert_df_equality(actual, expected, ignore_nullable=True)
 
 
 def test_default_as_of_is_day_after_newest_transaction(spark):
-    txns = spark.createDataFrame([
-        ("a", "A1", 1.0, ts("2024-03-01 10:00:00"), "purchase"),
-        ("a", "A2", 1.0, ts("2024-04-30 23:00:00"), "return"),
-    ], TXN_SCHEMA)
+    txns = spark.createDataFrame(
+        [
+            ("a", "A1", 1.0, ts("2024-03-01 10:00:00"), "purchase"),
+            ("a", "A2", 1.0, ts("2024-04-30 23:00:00"), "return"),
+        ],
+        TXN_SCHEMA,
+    )
     assert default_as_of(txns) == dt.date(2024, 5, 1)

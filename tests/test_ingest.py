@@ -37,8 +37,8 @@ def write_sources(raw: Path) -> None:
 def run_log_expected(spark, run_id):
     return spark.createDataFrame(
         [(run_id, "ingest", "pos", 6, 1, 3, 2), (run_id, "ingest", "web", 3, 1, 2, 0)],
-        "run_id STRING, job STRING, source STRING, rows_read LONG, duplicates LONG, accepted LONG, "
-        "quarantined LONG")
+        "run_id STRING, job STRING, source STRING, rows_read LONG, duplicates LONG, accepted LONG, quarantined LONG",
+    )
 
 
 def test_ingest_accepts_quarantines_and_reconciles(spark, tmp_path):
@@ -52,22 +52,25 @@ def test_ingest_accepts_quarantines_and_reconciles(spark, tmp_path):
     assert_df_equality(run_log, run_log_expected(spark, "run-1"), ignore_row_order=True, ignore_nullable=True)
 
     txns = io.read(spark, io.table_ref(cfg.storage, cfg.tables.transactions))
-    expected = spark.createDataFrame([
-        ("pos", "0042", "P1", "1", 2.0, 7.0, "purchase"),
-        ("pos", "0042", "P1", "2", 1.0, 10.0, "purchase"),
-        ("pos", "0042", "R1", "1", -1.0, -3.5, "return"),
-        ("web", "0042", "W1", "1", 1.0, 20.0, "purchase"),
-        ("web", "0099", "W2", "1", 1.0, 0.0, "void"),
-    ], "source STRING, customer_id STRING, invoice_id STRING, line_id STRING, quantity DOUBLE, amount DOUBLE, "
-       "txn_type STRING")
+    expected = spark.createDataFrame(
+        [
+            ("pos", "0042", "P1", "1", 2.0, 7.0, "purchase"),
+            ("pos", "0042", "P1", "2", 1.0, 10.0, "purchase"),
+            ("pos", "0042", "R1", "1", -1.0, -3.5, "return"),
+            ("web", "0042", "W1", "1", 1.0, 20.0, "purchase"),
+            ("web", "0099", "W2", "1", 1.0, 0.0, "void"),
+        ],
+        "source STRING, customer_id STRING, invoice_id STRING, line_id STRING, quantity DOUBLE, amount DOUBLE, "
+        "txn_type STRING",
+    )
     actual = txns.select("source", "customer_id", "invoice_id", "line_id", "quantity", "amount", "txn_type")
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
     quarantine = io.read(spark, io.table_ref(cfg.storage, cfg.tables.quarantine))
-    expected_q = spark.createDataFrame([("pos", "missing_customer_id"), ("pos", "unparseable_quantity")],
-                                       "source STRING, reason STRING")
-    assert_df_equality(quarantine.select("source", "reason"), expected_q, ignore_row_order=True,
-                       ignore_nullable=True)
+    expected_q = spark.createDataFrame(
+        [("pos", "missing_customer_id"), ("pos", "unparseable_quantity")], "source STRING, reason STRING"
+    )
+    assert_df_equality(quarantine.select("source", "reason"), expected_q, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_ingest_rerun_of_same_input_adds_nothing(spark, tmp_path):
@@ -93,7 +96,9 @@ def test_ingest_new_file_adds_only_its_rows(spark, tmp_path):
     (tmp_path / "raw" / "pos" / "day2.csv").write_text(
         "receipt_no,line_no,loyalty_id,sku,qty,unit_price,sold_at,store_id\n"
         "P1,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01\n"  # already loaded from day1
-        "P9,1,0042,SKU1,1,3.50,2024-06-09 10:00:00,S01\n", encoding="utf-8")
+        "P9,1,0042,SKU1,1,3.50,2024-06-09 10:00:00,S01\n",
+        encoding="utf-8",
+    )
     ingest.run(spark, cfg, "run-2", now=NOW)
     txns = io.read(spark, io.table_ref(cfg.storage, cfg.tables.transactions))
     added = txns.where("run_id = 'run-2'").select("invoice_id")

@@ -12,8 +12,10 @@ from tests.conftest import make_config
 
 
 def test_model_inputs_log1p_skewed_and_drop_incomplete(spark):
-    df = spark.createDataFrame([("a", 10, 0.0, -5.0), ("b", None, 1.0, 2.0)],
-                               "customer_id STRING, recency_days INT, frequency DOUBLE, monetary DOUBLE")
+    df = spark.createDataFrame(
+        [("a", 10, 0.0, -5.0), ("b", None, 1.0, 2.0)],
+        "customer_id STRING, recency_days INT, frequency DOUBLE, monetary DOUBLE",
+    )
     actual = df.transform(model.model_inputs(["recency_days", "monetary"], ["monetary", "frequency"]))
     # a negative net monetary value (returns exceed purchases) enters as log1p(0) = 0
     expected = spark.createDataFrame([("a", 10.0, 0.0)], "customer_id STRING, recency_days DOUBLE, monetary DOUBLE")
@@ -26,7 +28,9 @@ def test_preprocessing_centres_and_scales(spark, tmp_path):
     out = model.preprocessing(cfg).fit(df).transform(df)
     actual = out.select("customer_id", vector_to_array(model.VECTOR)[0].alias("z"))
     # mean 2, sample standard deviation sqrt(2): withMean=True centres, unlike Spark's default
-    expected = spark.createDataFrame([("a", -1 / math.sqrt(2)), ("b", 1 / math.sqrt(2))], "customer_id STRING, z DOUBLE")
+    expected = spark.createDataFrame(
+        [("a", -1 / math.sqrt(2)), ("b", 1 / math.sqrt(2))], "customer_id STRING, z DOUBLE"
+    )
     assert_approx_df_equality(actual, expected, 1e-9, ignore_nullable=True)
 
 
@@ -48,8 +52,9 @@ def blobs(spark):
             rows.append((f"{name}{i:02d}", r + i % 3, int(f * jitter) or 1, m * jitter, a * jitter, name))
     rows.append(("nobuy", None, 0, -5.0, None, "none"))
     return spark.createDataFrame(
-        rows, "customer_id STRING, recency_days INT, frequency LONG, monetary DOUBLE, avg_order_value DOUBLE, "
-              "truth STRING").selectExpr("*", "DATE'2024-07-01' AS as_of_date")
+        rows,
+        "customer_id STRING, recency_days INT, frequency LONG, monetary DOUBLE, avg_order_value DOUBLE, truth STRING",
+    ).selectExpr("*", "DATE'2024-07-01' AS as_of_date")
 
 
 def test_fit_and_label_every_customer_once_in_range(spark, tmp_path):
@@ -75,8 +80,11 @@ def test_saved_model_reloads_and_scores_identically(spark, tmp_path):
     fitted, result = model.fit(spark, feats, cfg, "r1")
     reloaded = PipelineModel.load(result.model_path)
     inputs = feats.transform(model.model_inputs(cfg.segment.features, cfg.features.log1p))
-    assert_df_equality(reloaded.transform(inputs).select("customer_id", "segment_id"),
-                       fitted.transform(inputs).select("customer_id", "segment_id"), ignore_row_order=True)
+    assert_df_equality(
+        reloaded.transform(inputs).select("customer_id", "segment_id"),
+        fitted.transform(inputs).select("customer_id", "segment_id"),
+        ignore_row_order=True,
+    )
 
 
 def test_same_seed_gives_same_labels(spark, tmp_path):

@@ -14,41 +14,157 @@ NOW = dt.datetime(2025, 1, 1)
 POS = load_source(CONF / "sources" / "demo_pos.yaml")
 WEB = load_source(CONF / "sources" / "demo_web.yaml")
 
-POS_RAW = ("receipt_no STRING, line_no STRING, loyalty_id STRING, sku STRING, qty STRING, "
-           "unit_price STRING, sold_at STRING, store_id STRING, source_file STRING")
-CANONICAL = ("source STRING, customer_id STRING, invoice_id STRING, line_id STRING, product_id STRING, "
-             "quantity DOUBLE, unit_price DOUBLE, amount DOUBLE, event_ts TIMESTAMP, store STRING, "
-             "channel STRING, txn_type STRING, reason STRING")
-KEEP = ["source", "customer_id", "invoice_id", "line_id", "product_id", "quantity", "unit_price", "amount",
-        "event_ts", "store", "channel", "txn_type", "reason"]
+POS_RAW = (
+    "receipt_no STRING, line_no STRING, loyalty_id STRING, sku STRING, qty STRING, "
+    "unit_price STRING, sold_at STRING, store_id STRING, source_file STRING"
+)
+CANONICAL = (
+    "source STRING, customer_id STRING, invoice_id STRING, line_id STRING, product_id STRING, "
+    "quantity DOUBLE, unit_price DOUBLE, amount DOUBLE, event_ts TIMESTAMP, store STRING, "
+    "channel STRING, txn_type STRING, reason STRING"
+)
+KEEP = [
+    "source",
+    "customer_id",
+    "invoice_id",
+    "line_id",
+    "product_id",
+    "quantity",
+    "unit_price",
+    "amount",
+    "event_ts",
+    "store",
+    "channel",
+    "txn_type",
+    "reason",
+]
 
 
 def test_canonicalize_pos_maps_types_zones_returns_and_reasons(spark):
-    raw = spark.createDataFrame([
-        # June is British Summer Time: 10:00 in London is 09:00 UTC.
-        ("P1", "1", " 0042 ", "SKU1", "2", "3.50", "2024-06-01 10:00:00", "S01", "f.csv"),
-        # a return receipt: quantity made negative, amount netted
-        ("R7", "1", "0042", "SKU1", "-1", "3.50", "2024-12-01 10:00:00", "S01", "f.csv"),
-        ("G1", "1", "", "SKU2", "1", "5.00", "2024-06-01 10:00:00", "S02", "f.csv"),
-        ("P2", "1", "0043", "SKU2", "two", "5.00", "2024-06-01 10:00:00", "S02", "f.csv"),
-        ("P3", "1", "0043", "SKU2", "1", "5.00", "01/06/2024", "S02", "f.csv"),
-        ("P4", "1", "0043", "SKU2", "1", "0", "2024-06-01 10:00:00", "S02", "f.csv"),
-        ("P5", "1", "0043", "SKU2", "1", "5.00", "2030-01-01 00:00:00", "S02", "f.csv"),
-    ], POS_RAW)
-    expected = spark.createDataFrame([
-        ("pos", "0042", "P1", "1", "SKU1", 2.0, 3.5, 7.0, dt.datetime(2024, 6, 1, 9), "S01", "store", "purchase", None),
-        ("pos", "0042", "R7", "1", "SKU1", -1.0, 3.5, -3.5, dt.datetime(2024, 12, 1, 10), "S01", "store", "return",
-         None),
-        ("pos", None, "G1", "1", "SKU2", 1.0, 5.0, 5.0, dt.datetime(2024, 6, 1, 9), "S02", "store", "purchase",
-         "missing_customer_id"),
-        ("pos", "0043", "P2", "1", "SKU2", None, 5.0, None, dt.datetime(2024, 6, 1, 9), "S02", "store", "purchase",
-         "unparseable_quantity"),
-        ("pos", "0043", "P3", "1", "SKU2", 1.0, 5.0, 5.0, None, "S02", "store", "purchase", "unparseable_timestamp"),
-        ("pos", "0043", "P4", "1", "SKU2", 1.0, 0.0, 0.0, dt.datetime(2024, 6, 1, 9), "S02", "store", "purchase",
-         "non_positive_price"),
-        ("pos", "0043", "P5", "1", "SKU2", 1.0, 5.0, 5.0, dt.datetime(2030, 1, 1), "S02", "store", "purchase",
-         "future_timestamp"),
-    ], CANONICAL)
+    raw = spark.createDataFrame(
+        [
+            # June is British Summer Time: 10:00 in London is 09:00 UTC.
+            ("P1", "1", " 0042 ", "SKU1", "2", "3.50", "2024-06-01 10:00:00", "S01", "f.csv"),
+            # a return receipt: quantity made negative, amount netted
+            ("R7", "1", "0042", "SKU1", "-1", "3.50", "2024-12-01 10:00:00", "S01", "f.csv"),
+            ("G1", "1", "", "SKU2", "1", "5.00", "2024-06-01 10:00:00", "S02", "f.csv"),
+            ("P2", "1", "0043", "SKU2", "two", "5.00", "2024-06-01 10:00:00", "S02", "f.csv"),
+            ("P3", "1", "0043", "SKU2", "1", "5.00", "01/06/2024", "S02", "f.csv"),
+            ("P4", "1", "0043", "SKU2", "1", "0", "2024-06-01 10:00:00", "S02", "f.csv"),
+            ("P5", "1", "0043", "SKU2", "1", "5.00", "2030-01-01 00:00:00", "S02", "f.csv"),
+        ],
+        POS_RAW,
+    )
+    expected = spark.createDataFrame(
+        [
+            (
+                "pos",
+                "0042",
+                "P1",
+                "1",
+                "SKU1",
+                2.0,
+                3.5,
+                7.0,
+                dt.datetime(2024, 6, 1, 9),
+                "S01",
+                "store",
+                "purchase",
+                None,
+            ),
+            (
+                "pos",
+                "0042",
+                "R7",
+                "1",
+                "SKU1",
+                -1.0,
+                3.5,
+                -3.5,
+                dt.datetime(2024, 12, 1, 10),
+                "S01",
+                "store",
+                "return",
+                None,
+            ),
+            (
+                "pos",
+                None,
+                "G1",
+                "1",
+                "SKU2",
+                1.0,
+                5.0,
+                5.0,
+                dt.datetime(2024, 6, 1, 9),
+                "S02",
+                "store",
+                "purchase",
+                "missing_customer_id",
+            ),
+            (
+                "pos",
+                "0043",
+                "P2",
+                "1",
+                "SKU2",
+                None,
+                5.0,
+                None,
+                dt.datetime(2024, 6, 1, 9),
+                "S02",
+                "store",
+                "purchase",
+                "unparseable_quantity",
+            ),
+            (
+                "pos",
+                "0043",
+                "P3",
+                "1",
+                "SKU2",
+                1.0,
+                5.0,
+                5.0,
+                None,
+                "S02",
+                "store",
+                "purchase",
+                "unparseable_timestamp",
+            ),
+            (
+                "pos",
+                "0043",
+                "P4",
+                "1",
+                "SKU2",
+                1.0,
+                0.0,
+                0.0,
+                dt.datetime(2024, 6, 1, 9),
+                "S02",
+                "store",
+                "purchase",
+                "non_positive_price",
+            ),
+            (
+                "pos",
+                "0043",
+                "P5",
+                "1",
+                "SKU2",
+                1.0,
+                5.0,
+                5.0,
+                dt.datetime(2030, 1, 1),
+                "S02",
+                "store",
+                "purchase",
+                "future_timestamp",
+            ),
+        ],
+        CANONICAL,
+    )
     actual = raw.transform(canonicalize(POS, NOW)).select(*KEEP)
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
@@ -58,9 +174,16 @@ def test_canonicalize_keeps_the_original_row_and_hashes_content(spark):
     other_file = (*row[:-1], "g.csv")
     out = spark.createDataFrame([row, other_file], POS_RAW).transform(canonicalize(POS, NOW))
     ids = out.select("txn_id").distinct()
-    expected = spark.createDataFrame([('{"receipt_no":"P1","line_no":"1","loyalty_id":"0042","sku":"SKU1",'
-                                       '"qty":"2","unit_price":"3.50","sold_at":"2024-06-01 10:00:00",'
-                                       '"store_id":"S01"}',)], "raw STRING")
+    expected = spark.createDataFrame(
+        [
+            (
+                '{"receipt_no":"P1","line_no":"1","loyalty_id":"0042","sku":"SKU1",'
+                '"qty":"2","unit_price":"3.50","sold_at":"2024-06-01 10:00:00",'
+                '"store_id":"S01"}',
+            )
+        ],
+        "raw STRING",
+    )
     assert_df_equality(out.select("raw").distinct(), expected, ignore_nullable=True)
     assert ids.count() == 1  # the same line exported in two files is one transaction
 
@@ -80,14 +203,30 @@ def test_canonicalize_web_explodes_items_voids_and_refunds(spark, tmp_path):
     path = tmp_path / "orders.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     raw = spark.read.option("primitivesAsString", "true").json(str(path)).selectExpr("*", "'f.json' AS source_file")
-    expected = spark.createDataFrame([
-        ("web", "7", "W1", "1", "A", 2.0, 1.5, 3.0, dt.datetime(2024, 3, 1, 10), None, "web", "purchase", None),
-        ("web", "7", "W1", "2", "B", 1.0, 4.0, 4.0, dt.datetime(2024, 3, 1, 10), None, "web", "purchase", None),
-        ("web", "7", "W2", "1", "A", 1.0, 1.5, 0.0, dt.datetime(2024, 3, 2, 9), None, "web", "void", None),
-        ("web", "7", "F1", "1", "B", -1.0, 4.0, -4.0, dt.datetime(2024, 3, 5, 10), None, "web", "return", None),
-        ("web", None, "X1", "1", "B", 1.0, 4.0, 4.0, dt.datetime(2024, 3, 5, 10), None, "web", "purchase",
-         "missing_customer_id"),
-    ], CANONICAL)
+    expected = spark.createDataFrame(
+        [
+            ("web", "7", "W1", "1", "A", 2.0, 1.5, 3.0, dt.datetime(2024, 3, 1, 10), None, "web", "purchase", None),
+            ("web", "7", "W1", "2", "B", 1.0, 4.0, 4.0, dt.datetime(2024, 3, 1, 10), None, "web", "purchase", None),
+            ("web", "7", "W2", "1", "A", 1.0, 1.5, 0.0, dt.datetime(2024, 3, 2, 9), None, "web", "void", None),
+            ("web", "7", "F1", "1", "B", -1.0, 4.0, -4.0, dt.datetime(2024, 3, 5, 10), None, "web", "return", None),
+            (
+                "web",
+                None,
+                "X1",
+                "1",
+                "B",
+                1.0,
+                4.0,
+                4.0,
+                dt.datetime(2024, 3, 5, 10),
+                None,
+                "web",
+                "purchase",
+                "missing_customer_id",
+            ),
+        ],
+        CANONICAL,
+    )
     actual = raw.transform(canonicalize(WEB, NOW)).select(*KEEP)
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 

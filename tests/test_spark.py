@@ -25,8 +25,7 @@ def test_session_conf_local_has_delta_and_sized_partitions(tmp_path):
 
 
 def test_session_conf_cluster_leaves_master_and_jars_to_spark_submit(tmp_path):
-    cfg = dataclasses.replace(make_config(tmp_path).spark, master=None, delta_jars_dir=None,
-                              shuffle_partitions=None)
+    cfg = dataclasses.replace(make_config(tmp_path).spark, master=None, delta_jars_dir=None, shuffle_partitions=None)
     conf = session_conf(cfg)
     assert "spark.jars" not in conf and "spark.master" not in conf
     assert conf["spark.sql.shuffle.partitions"] == "200"

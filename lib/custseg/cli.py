@@ -90,8 +90,10 @@ def print_summary(spark: SparkSession, cfg: Config) -> None:
 
 
 STAGES: dict[str, tuple[Callable[[SparkSession, Config, str], None], str]] = {
-    "ingest": (run_ingest, "consolidate the raw sources into the canonical transactions table "
-                           "(plus quarantine and run log)"),
+    "ingest": (
+        run_ingest,
+        "consolidate the raw sources into the canonical transactions table (plus quarantine and run log)",
+    ),
     "features": (run_features, "compute RFM and behavioural features per customer as of a date"),
     "segment": (run_segment, "scale, PCA, sweep k with KMeans, choose k, write labels and the k sweep"),
     "run": (run_all, "ingest, features and segment in order, then print a per-segment summary"),
@@ -106,17 +108,28 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="custseg",
         description="Customer segmentation on Apache Spark and Delta Lake: raw transactions in, "
-                    "segment labels in Delta tables out.",
+        "segment labels in Delta tables out.",
         epilog=f"Without --config, reads conf/base.yaml and conf/${ENV_VAR}.yaml (default: local).",
     )
     p.add_argument("--version", action="version", version=f"custseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in STAGES.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.add_argument("--config", action="append", default=None, metavar="FILE",
-                        help="a YAML config file; repeat to layer (later files override earlier ones)")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override one key, e.g. --set segment.k_max=6 (repeatable; wins over files)")
+        sp.add_argument(
+            "--config",
+            action="append",
+            default=None,
+            metavar="FILE",
+            help="a YAML config file; repeat to layer (later files override earlier ones)",
+        )
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            dest="overrides",
+            help="override one key, e.g. --set segment.k_max=6 (repeatable; wins over files)",
+        )
         sp.add_argument("--run-id", default=None, help="the id recorded with every output (default: a new one)")
         sp.add_argument("--debug", action="store_true", help="log at DEBUG and show tracebacks")
     return p
@@ -124,8 +137,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     for noisy in ("py4j", "pyspark"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
@@ -140,8 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc, exc_info=args.debug)
         return 2
     except Exception as exc:  # the job failed: say so in one line, details on request
-        log.error("%s failed: %s: %s", args.command, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
-                  exc_info=True)
+        log.error(
+            "%s failed: %s: %s",
+            args.command,
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+            exc_info=True,
+        )
         return 1
 
 

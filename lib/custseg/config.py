@@ -120,8 +120,11 @@ class Config:
         )
         _check(self.demo.end_date > self.demo.start_date, "demo.end_date", "must be after demo.start_date")
         _check(self.demo.customers >= 1, "demo.customers", "must be at least 1")
-        _check(self.storage.mode != "catalog" or bool(self.storage.database),
-               "storage.database", "is required when storage.mode is 'catalog'")
+        _check(
+            self.storage.mode != "catalog" or bool(self.storage.database),
+            "storage.database",
+            "is required when storage.mode is 'catalog'",
+        )
         names = [s.name for s in self.sources]
         _check(len(names) == len(set(names)), "ingest.sources", f"source names must be unique, got {names}")
         return self
@@ -229,8 +232,7 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def _merge(into: dict[str, Any], new: Mapping[str, Any], origin: str,
-           origins: dict[str, str], prefix: str) -> None:
+def _merge(into: dict[str, Any], new: Mapping[str, Any], origin: str, origins: dict[str, str], prefix: str) -> None:
     for key, value in new.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and isinstance(into.get(key), dict):

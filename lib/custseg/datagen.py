@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -82,34 +83,37 @@ def customers(spark: SparkSession, cfg: DemoConfig) -> DataFrame:
     u = _uniform(cfg.seed, "archetype", F.col("id"))
     for index, arch in enumerate(ARCHETYPES):
         cum += arch.weight
-        arch_index = (F.when(u < cum, index) if arch_index is None else arch_index.when(u < cum, index))
+        arch_index = F.when(u < cum, index) if arch_index is None else arch_index.when(u < cum, index)
     arch_index = arch_index.otherwise(len(ARCHETYPES) - 1)
 
     def param(getter) -> Column:
         out = None
         for index, arch in enumerate(ARCHETYPES):
-            out = F.when(F.col("arch") == index, getter(arch)) if out is None else out.when(
-                F.col("arch") == index, getter(arch))
+            out = (
+                F.when(F.col("arch") == index, getter(arch))
+                if out is None
+                else out.when(F.col("arch") == index, getter(arch))
+            )
         return out
 
     cid = F.col("id")
     base = spark.range(cfg.customers).withColumn("arch", arch_index)
-    return (
-        base.select(
-            cid,
-            (cid + CUSTOMER_ID_BASE + 1).cast("string").alias("customer_id"),
-            param(lambda a: a.name).alias("archetype"),
-            _between(_uniform(cfg.seed, "last", cid), param(lambda a: a.last_days_ago[0]),
-                     param(lambda a: a.last_days_ago[1])).alias("last_days_ago"),
-            _between(_uniform(cfg.seed, "first", cid), param(lambda a: a.first_days_ago[0]),
-                     param(lambda a: a.first_days_ago[1])).alias("first_days_ago"),
-            _between(_uniform(cfg.seed, "orders", cid), param(lambda a: a.orders[0]),
-                     param(lambda a: a.orders[1])).alias("n_orders"),
-            param(lambda a: a.order_value).alias("order_value"),
-            _uniform(cfg.seed, "web_share", cid).alias("web_share"),
-        )
-        .withColumn("first_days_ago", F.greatest("first_days_ago", "last_days_ago"))
-    )
+    return base.select(
+        cid,
+        (cid + CUSTOMER_ID_BASE + 1).cast("string").alias("customer_id"),
+        param(lambda a: a.name).alias("archetype"),
+        _between(
+            _uniform(cfg.seed, "last", cid), param(lambda a: a.last_days_ago[0]), param(lambda a: a.last_days_ago[1])
+        ).alias("last_days_ago"),
+        _between(
+            _uniform(cfg.seed, "first", cid), param(lambda a: a.first_days_ago[0]), param(lambda a: a.first_days_ago[1])
+        ).alias("first_days_ago"),
+        _between(_uniform(cfg.seed, "orders", cid), param(lambda a: a.orders[0]), param(lambda a: a.orders[1])).alias(
+            "n_orders"
+        ),
+        param(lambda a: a.order_value).alias("order_value"),
+        _uniform(cfg.seed, "web_share", cid).alias("web_share"),
+    ).withColumn("first_days_ago", F.greatest("first_days_ago", "last_days_ago"))
 
 
 def orders(cust: DataFrame, cfg: DemoConfig) -> DataFrame:
@@ -122,20 +126,27 @@ def orders(cust: DataFrame, cfg: DemoConfig) -> DataFrame:
     days_ago = (
         F.when(idx == F.col("n_orders") - 1, F.col("last_days_ago"))
         .when(idx == 0, F.col("first_days_ago"))
-        .otherwise(F.col("last_days_ago")
-                   + _uniform(seed, "day", *keys) * (F.col("first_days_ago") - F.col("last_days_ago")))
+        .otherwise(
+            F.col("last_days_ago") + _uniform(seed, "day", *keys) * (F.col("first_days_ago") - F.col("last_days_ago"))
+        )
     )
     seconds_ago = F.floor(days_ago * 86400) + 86400 - _between(_uniform(seed, "tod", *keys), 8 * 3600, 21 * 3600)
     return cust.select(
-        "id", "customer_id",
+        "id",
+        "customer_id",
         F.explode(F.sequence(F.lit(0), F.col("n_orders") - 1)).alias("order_idx"),
-        "order_value", "web_share", "last_days_ago", "first_days_ago", "n_orders",
+        "order_value",
+        "web_share",
+        "last_days_ago",
+        "first_days_ago",
+        "n_orders",
     ).select(
-        "id", "customer_id", "order_idx",
+        "id",
+        "customer_id",
+        "order_idx",
         (end - F.make_dt_interval(F.lit(0), F.lit(0), F.lit(0), seconds_ago)).alias("ts"),
         F.when(_uniform(seed, "channel", *keys) < F.col("web_share"), "web").otherwise("store").alias("channel"),
-        F.round(F.col("order_value") * F.exp(ORDER_VALUE_SIGMA * _normal(seed, "value", *keys)), 2)
-        .alias("value"),
+        F.round(F.col("order_value") * F.exp(ORDER_VALUE_SIGMA * _normal(seed, "value", *keys)), 2).alias("value"),
         _between(_uniform(seed, "lines", *keys), 1, 4).alias("n_lines"),
         _uniform(seed, "return", *keys).alias("u_return"),
         _uniform(seed, "cancel", *keys).alias("u_cancel"),
@@ -153,8 +164,9 @@ def lines(ords: DataFrame, cfg: DemoConfig) -> DataFrame:
         ords.select("*", F.explode(F.sequence(F.lit(1), F.col("n_lines"))).alias("line_no"))
         .select(
             "*",
-            F.concat(F.lit("SKU"), F.lpad(_between(_uniform(seed, "sku", *keys), 1, SKUS).cast("string"), 5, "0"))
-            .alias("sku"),
+            F.concat(
+                F.lit("SKU"), F.lpad(_between(_uniform(seed, "sku", *keys), 1, SKUS).cast("string"), 5, "0")
+            ).alias("sku"),
             qty.alias("qty"),
         )
         .withColumn("unit_price", F.greatest(F.lit(0.5), F.round(F.col("value") / F.col("n_lines") / F.col("qty"), 2)))
@@ -166,7 +178,9 @@ def pos_lines(lns: DataFrame, cfg: DemoConfig) -> DataFrame:
     seed = cfg.seed
     local_fmt = "yyyy-MM-dd HH:mm:ss"
     store = lns.where(F.col("channel") == "store")
-    store_id = F.concat(F.lit("S"), F.lpad(_between(_uniform(seed, "store", F.col("id")), 1, 12).cast("string"), 2, "0"))
+    store_id = F.concat(
+        F.lit("S"), F.lpad(_between(_uniform(seed, "store", F.col("id")), 1, 12).cast("string"), 2, "0")
+    )
 
     def export(df: DataFrame, prefix: str, loyalty: Column, qty: Column, ts: Column) -> DataFrame:
         return df.select(
@@ -185,8 +199,16 @@ def pos_lines(lns: DataFrame, cfg: DemoConfig) -> DataFrame:
     # A returned line comes back 1-14 days later on its own receipt, quantity negative.
     returned = store.where((F.col("u_return") < RETURN_RATE) & (F.col("line_no") == 1))
     return_ts = F.col("ts") + F.make_dt_interval(_between(_uniform(seed, "return_days", F.col("order_no")), 1, 14))
-    returns = export(returned, "R", F.col("customer_id"), -F.col("qty"), F.least(return_ts, F.lit(cfg.end_date).cast("timestamp") - F.expr("INTERVAL 1 SECOND")))
-    guests = export(store.where(F.col("u_guest") < GUEST_RATE), "G", F.lit(None).cast("string"), F.col("qty"), F.col("ts"))
+    returns = export(
+        returned,
+        "R",
+        F.col("customer_id"),
+        -F.col("qty"),
+        F.least(return_ts, F.lit(cfg.end_date).cast("timestamp") - F.expr("INTERVAL 1 SECOND")),
+    )
+    guests = export(
+        store.where(F.col("u_guest") < GUEST_RATE), "G", F.lit(None).cast("string"), F.col("qty"), F.col("ts")
+    )
     out = sales.unionByName(returns).unionByName(guests)
     dupes = out.where(_uniform(seed, "dupe.pos", F.col("receipt_no"), F.col("line_no")) < DUPLICATE_RATE)
     return out.unionByName(dupes).drop("_line")
@@ -197,7 +219,9 @@ def web_orders(lns: DataFrame, cfg: DemoConfig) -> DataFrame:
     seed = cfg.seed
     web = lns.where(F.col("channel") == "web")
     item = F.struct(
-        F.col("line_no").alias("position"), F.col("sku"), F.col("qty").alias("quantity"),
+        F.col("line_no").alias("position"),
+        F.col("sku"),
+        F.col("qty").alias("quantity"),
         F.col("unit_price").alias("price"),
     )
     iso = "yyyy-MM-dd'T'HH:mm:ssXXX"
@@ -220,12 +244,22 @@ def web_orders(lns: DataFrame, cfg: DemoConfig) -> DataFrame:
     status = F.when(F.col("u_cancel") < CANCEL_RATE, "cancelled").otherwise("completed")
     customer = F.struct(F.col("customer_id").alias("id"))
     placed = export(web, "W", customer, "order", status, F.col("ts"))
-    refunded = web.where((F.col("u_return") < RETURN_RATE) & (F.col("u_cancel") >= CANCEL_RATE) & (F.col("line_no") == 1))
-    refund_ts = F.least(F.col("ts") + F.make_dt_interval(_between(_uniform(seed, "refund_days", F.col("order_no")), 1, 20)),
-                        F.lit(cfg.end_date).cast("timestamp") - F.expr("INTERVAL 1 SECOND"))
+    refunded = web.where(
+        (F.col("u_return") < RETURN_RATE) & (F.col("u_cancel") >= CANCEL_RATE) & (F.col("line_no") == 1)
+    )
+    refund_ts = F.least(
+        F.col("ts") + F.make_dt_interval(_between(_uniform(seed, "refund_days", F.col("order_no")), 1, 20)),
+        F.lit(cfg.end_date).cast("timestamp") - F.expr("INTERVAL 1 SECOND"),
+    )
     refunds = export(refunded, "F", customer, "refund", F.lit("completed"), refund_ts)
-    guests = export(web.where(F.col("u_guest") < GUEST_RATE), "X", F.lit(None).cast("struct<id:string>"), "order",
-                    F.lit("completed"), F.col("ts"))
+    guests = export(
+        web.where(F.col("u_guest") < GUEST_RATE),
+        "X",
+        F.lit(None).cast("struct<id:string>"),
+        "order",
+        F.lit("completed"),
+        F.col("ts"),
+    )
     out = placed.unionByName(refunds).unionByName(guests)
     dupes = out.where(_uniform(seed, "dupe.web", F.col("order_id")) < DUPLICATE_RATE)
     return out.unionByName(dupes)
@@ -241,16 +275,32 @@ def generate(spark: SparkSession, cfg: DemoConfig, raw_dir: str | None = None) -
     files = max(1, cfg.customers // 50_000)
     paths = {name: resolve(root, name) for name in ("pos", "web", "truth")}
     log.info("generating demo data for %d customers (seed %d) into %s", cfg.customers, cfg.seed, root)
-    (pos_lines(lns, cfg).repartition(files, "receipt_no").sortWithinPartitions("receipt_no", "line_no")
-     .write.mode("overwrite").option("header", "true").csv(paths["pos"]))
-    (web_orders(lns, cfg).repartition(files, "order_id").sortWithinPartitions("order_id")
-     .write.mode("overwrite").json(paths["web"]))
-    (cust.select("customer_id", "archetype").coalesce(1).sortWithinPartitions("customer_id")
-     .write.mode("overwrite").option("header", "true").csv(paths["truth"]))
+    (
+        pos_lines(lns, cfg)
+        .repartition(files, "receipt_no")
+        .sortWithinPartitions("receipt_no", "line_no")
+        .write.mode("overwrite")
+        .option("header", "true")
+        .csv(paths["pos"])
+    )
+    (
+        web_orders(lns, cfg)
+        .repartition(files, "order_id")
+        .sortWithinPartitions("order_id")
+        .write.mode("overwrite")
+        .json(paths["web"])
+    )
+    (
+        cust.select("customer_id", "archetype")
+        .coalesce(1)
+        .sortWithinPartitions("customer_id")
+        .write.mode("overwrite")
+        .option("header", "true")
+        .csv(paths["truth"])
+    )
     return paths
 
 
 def read_truth(spark: SparkSession, raw_dir: str) -> DataFrame:
     """The planted archetypes: customer_id, archetype."""
     return spark.read.option("header", "true").csv(resolve(raw_dir, "truth"))
-

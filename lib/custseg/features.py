@@ -20,8 +20,15 @@ from custseg.config import Config
 log = logging.getLogger(__name__)
 
 FEATURE_COLUMNS = (
-    c.CUSTOMER_ID, c.AS_OF_DATE, c.FIRST_PURCHASE, c.LAST_PURCHASE, c.RECENCY_DAYS,
-    c.FREQUENCY, c.MONETARY, c.TENURE_DAYS, c.AVG_ORDER_VALUE,
+    c.CUSTOMER_ID,
+    c.AS_OF_DATE,
+    c.FIRST_PURCHASE,
+    c.LAST_PURCHASE,
+    c.RECENCY_DAYS,
+    c.FREQUENCY,
+    c.MONETARY,
+    c.TENURE_DAYS,
+    c.AVG_ORDER_VALUE,
 )
 
 

@@ -28,8 +28,21 @@ log = logging.getLogger(__name__)
 DUPLICATE = "is_duplicate"
 
 TRANSACTION_COLUMNS = (
-    c.TXN_ID, c.SOURCE, c.CUSTOMER_ID, c.INVOICE_ID, c.LINE_ID, c.PRODUCT_ID, c.QUANTITY,
-    c.UNIT_PRICE, c.AMOUNT, c.EVENT_TS, c.STORE, c.CHANNEL, c.TXN_TYPE, SOURCE_FILE, c.RUN_ID,
+    c.TXN_ID,
+    c.SOURCE,
+    c.CUSTOMER_ID,
+    c.INVOICE_ID,
+    c.LINE_ID,
+    c.PRODUCT_ID,
+    c.QUANTITY,
+    c.UNIT_PRICE,
+    c.AMOUNT,
+    c.EVENT_TS,
+    c.STORE,
+    c.CHANNEL,
+    c.TXN_TYPE,
+    SOURCE_FILE,
+    c.RUN_ID,
 )
 QUARANTINE_COLUMNS = (c.TXN_ID, c.SOURCE, SOURCE_FILE, REASON, RAW, c.RUN_ID)
 
@@ -82,9 +95,11 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
         check_mapping(raw, src)
         log.info("source %s: %s %s", src.name, src.format, src.path)
         canonical.append(raw.transform(canonicalize(src, now)))
-    flagged = (functools.reduce(DataFrame.unionByName, canonical)
-               .transform(flag_duplicates)
-               .withColumn(c.RUN_ID, F.lit(run_id)))
+    flagged = (
+        functools.reduce(DataFrame.unionByName, canonical)
+        .transform(flag_duplicates)
+        .withColumn(c.RUN_ID, F.lit(run_id))
+    )
     # Counting, then writing accepted and quarantined rows, reads the flagged rows three
     # times; persisting them reads and parses the raw files once.
     flagged.persist(StorageLevel.MEMORY_AND_DISK)
@@ -100,13 +115,18 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
         io.insert_new(spark, quarantined, io.table_ref(cfg.storage, cfg.tables.quarantine), [c.TXN_ID])
     finally:
         flagged.unpersist()
-    log_rows = [(run_id, "ingest", s.source, s.rows_read, s.duplicates, s.accepted, s.quarantined, now)
-                for s in counts]
+    log_rows = [(run_id, "ingest", s.source, s.rows_read, s.duplicates, s.accepted, s.quarantined, now) for s in counts]
     run_log = spark.createDataFrame(log_rows, RUN_LOG_SCHEMA)
     io.append(run_log, io.table_ref(cfg.storage, cfg.tables.run_log))
     for s in counts:
-        log.info("ingest %s: read %d, accepted %d, quarantined %d, duplicates %d",
-                 s.source, s.rows_read, s.accepted, s.quarantined, s.duplicates)
+        log.info(
+            "ingest %s: read %d, accepted %d, quarantined %d, duplicates %d",
+            s.source,
+            s.rows_read,
+            s.accepted,
+            s.quarantined,
+            s.duplicates,
+        )
     return counts
 
 

@@ -93,10 +93,5 @@ def insert_new(spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence
         _save(df, ref, "errorifexists")
         return
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-    (
-        delta_table(spark, ref).alias("t")
-        .merge(df.alias("s"), condition)
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    (delta_table(spark, ref).alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute())
     log.info("merged into %s on %s", ref, ", ".join(keys))

@@ -60,8 +60,9 @@ def model_inputs(features: Sequence[str], log1p: Sequence[str]) -> Callable[[Dat
 
     def transform(df: DataFrame) -> DataFrame:
         cols = [
-            (F.log1p(F.greatest(F.col(f).cast("double"), F.lit(0.0))) if f in skewed
-             else F.col(f).cast("double")).alias(f)
+            (
+                F.log1p(F.greatest(F.col(f).cast("double"), F.lit(0.0))) if f in skewed else F.col(f).cast("double")
+            ).alias(f)
             for f in features
         ]
         complete = F.lit(True)
@@ -76,8 +77,9 @@ def preprocessing(cfg: SegmentConfig) -> Pipeline:
     """Assemble, centre and scale, then (optionally) project onto principal components."""
     stages: list = [
         VectorAssembler(inputCols=list(cfg.features), outputCol="assembled", handleInvalid="error"),
-        StandardScaler(inputCol="assembled", outputCol="scaled" if cfg.pca_components else VECTOR,
-                       withMean=True, withStd=True),
+        StandardScaler(
+            inputCol="assembled", outputCol="scaled" if cfg.pca_components else VECTOR, withMean=True, withStd=True
+        ),
     ]
     if cfg.pca_components:
         stages.append(PCA(k=cfg.pca_components, inputCol="scaled", outputCol=VECTOR))
@@ -85,14 +87,16 @@ def preprocessing(cfg: SegmentConfig) -> Pipeline:
 
 
 def kmeans(cfg: SegmentConfig, k: int) -> KMeans:
-    return KMeans(k=k, seed=cfg.seed, maxIter=cfg.max_iter, featuresCol=VECTOR, predictionCol=PREDICTION,
-                  initMode="k-means||")
+    return KMeans(
+        k=k, seed=cfg.seed, maxIter=cfg.max_iter, featuresCol=VECTOR, predictionCol=PREDICTION, initMode="k-means||"
+    )
 
 
 def silhouette(predictions: DataFrame) -> float:
     """Spark's silhouette: squared Euclidean distance, as MLlib computes it."""
-    evaluator = ClusteringEvaluator(featuresCol=VECTOR, predictionCol=PREDICTION, metricName="silhouette",
-                                    distanceMeasure="squaredEuclidean")
+    evaluator = ClusteringEvaluator(
+        featuresCol=VECTOR, predictionCol=PREDICTION, metricName="silhouette", distanceMeasure="squaredEuclidean"
+    )
     return evaluator.evaluate(predictions)
 
 
@@ -106,8 +110,15 @@ def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dic
         point = SweepPoint(k=k, wcss=float(model.summary.trainingCost), silhouette=silhouette(model.transform(vectors)))
         points.append(point)
         models[k] = model
-        log.info("k sweep %d/%d: k=%d wcss=%.2f silhouette=%.4f (%.1fs)", i, len(ks), k, point.wcss,
-                 point.silhouette, time.perf_counter() - started)
+        log.info(
+            "k sweep %d/%d: k=%d wcss=%.2f silhouette=%.4f (%.1fs)",
+            i,
+            len(ks),
+            k,
+            point.wcss,
+            point.silhouette,
+            time.perf_counter() - started,
+        )
     return points, models
 
 
@@ -119,8 +130,9 @@ def value_order(scored: DataFrame, k: int) -> Transformer:
     mean_of = {row[PREDICTION]: row["m"] for row in means}
     ranked = sorted(range(k), key=lambda cl: (-(mean_of.get(cl) if mean_of.get(cl) is not None else -math.inf), cl))
     cases = " ".join(f"WHEN {cluster} THEN {segment}" for segment, cluster in enumerate(ranked))
-    return SQLTransformer(statement=f"SELECT *, CAST(CASE {PREDICTION} {cases} END AS INT) AS {c.SEGMENT_ID} "
-                                    "FROM __THIS__")
+    return SQLTransformer(
+        statement=f"SELECT *, CAST(CASE {PREDICTION} {cases} END AS INT) AS {c.SEGMENT_ID} FROM __THIS__"
+    )
 
 
 def fit(spark: SparkSession, features: DataFrame, cfg: Config, run_id: str) -> tuple[PipelineModel, SegmentResult]:
@@ -133,8 +145,9 @@ def fit(spark: SparkSession, features: DataFrame, cfg: Config, run_id: str) -> t
     try:
         points, models = sweep(vectors, seg)
         k = seg.k or choose_k(points, seg.selection, seg.silhouette_tolerance)
-        clustered = models[k].transform(vectors).join(
-            features.select(c.CUSTOMER_ID, c.MONETARY), on=c.CUSTOMER_ID, how="inner")
+        clustered = (
+            models[k].transform(vectors).join(features.select(c.CUSTOMER_ID, c.MONETARY), on=c.CUSTOMER_ID, how="inner")
+        )
         ordering = value_order(clustered, k)
     finally:
         vectors.unpersist()
@@ -146,8 +159,7 @@ def fit(spark: SparkSession, features: DataFrame, cfg: Config, run_id: str) -> t
     return model, SegmentResult(k=k, sweep=points, model_version=version, model_path=path)
 
 
-def label(model: PipelineModel, features: DataFrame, cfg: Config, result: SegmentResult,
-          run_id: str) -> DataFrame:
+def label(model: PipelineModel, features: DataFrame, cfg: Config, result: SegmentResult, run_id: str) -> DataFrame:
     """Every customer in ``features`` gets exactly one label row; those the model
     cannot place (no purchase before the as-of date) get segment -1."""
     inputs = features.transform(model_inputs(cfg.segment.features, cfg.features.log1p))
@@ -168,8 +180,9 @@ def label(model: PipelineModel, features: DataFrame, cfg: Config, result: Segmen
 
 def sweep_frame(spark: SparkSession, result: SegmentResult, cfg: Config, run_id: str, as_of) -> DataFrame:
     rule = "config" if cfg.segment.k else cfg.segment.selection
-    rows = [(run_id, as_of, p.k, p.wcss, p.silhouette, p.k == result.k, rule, result.model_version)
-            for p in result.sweep]
+    rows = [
+        (run_id, as_of, p.k, p.wcss, p.silhouette, p.k == result.k, rule, result.model_version) for p in result.sweep
+    ]
     return spark.createDataFrame(rows, SWEEP_SCHEMA)
 
 

@@ -49,10 +49,13 @@ def read_source(spark: SparkSession, src: SourceConfig) -> DataFrame:
         df = reader.load(resolve(src.path))
         df.schema  # noqa: B018 - resolve the schema now, so a bad path fails here
     except AnalysisException as exc:
-        raise SourceError(f"source '{src.name}' ({src.file}): cannot read {src.path}: "
-                          f"{str(exc).splitlines()[0]}") from None
-    text = [F.col(f"`{name}`").cast("string").alias(name) if src.format == "csv" else F.col(f"`{name}`")
-            for name in df.columns]
+        raise SourceError(
+            f"source '{src.name}' ({src.file}): cannot read {src.path}: {str(exc).splitlines()[0]}"
+        ) from None
+    text = [
+        F.col(f"`{name}`").cast("string").alias(name) if src.format == "csv" else F.col(f"`{name}`")
+        for name in df.columns
+    ]
     return df.select(*text, F.col("_metadata.file_path").alias(SOURCE_FILE))
 
 
@@ -84,9 +87,9 @@ def canonicalize(src: SourceConfig, now: dt.datetime) -> Callable[[DataFrame], D
         is_return = F.coalesce(F.expr(src.return_when), F.lit(False)) | (quantity < 0)
         txn_type = F.when(is_void, c.VOID).when(is_return, c.RETURN).otherwise(c.PURCHASE)
         line_value = F.abs(quantity * unit_price)
-        amount = (F.when(txn_type == c.PURCHASE, line_value)
-                  .when(txn_type == c.RETURN, -line_value)
-                  .otherwise(F.lit(0.0)))
+        amount = (
+            F.when(txn_type == c.PURCHASE, line_value).when(txn_type == c.RETURN, -line_value).otherwise(F.lit(0.0))
+        )
         reason = (
             F.when(text["customer_id"].isNull(), MISSING_CUSTOMER_ID)
             .when(text["invoice_id"].isNull(), MISSING_INVOICE_ID)
@@ -148,5 +151,7 @@ def check_mapping(df: DataFrame, src: SourceConfig) -> None:
         try:
             rows.select(F.expr(expr)).schema  # noqa: B018 - analysis only, reads no data
         except AnalysisException as exc:
-            raise SourceError(f"{src.file}: {key}: cannot resolve '{expr}' against the columns "
-                              f"{sorted(df.columns)}: {str(exc).splitlines()[0]}") from None
+            raise SourceError(
+                f"{src.file}: {key}: cannot resolve '{expr}' against the columns "
+                f"{sorted(df.columns)}: {str(exc).splitlines()[0]}"
+            ) from None
