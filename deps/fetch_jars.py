@@ -41,6 +41,7 @@ def main() -> int:
         "mvn",
         "-q",
         "-B",
+        "-Dstyle.color=never",
         "-f",
         str(POM),
         f"-Dmaven.repo.local={CACHE / 'm2'}",
