@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     # Ranges here; the exact, tested pins are in requirements.txt.
     install_requires=[
         "pyspark>=4.2,<4.3",

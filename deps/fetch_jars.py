@@ -36,6 +36,13 @@ def main() -> int:
     spark_binary = ".".join(pyspark.__version__.split(".")[:2])
     staging = CACHE / "jars.tmp"
     shutil.rmtree(staging, ignore_errors=True)
+    if shutil.which("mvn") is None:
+        print(
+            "Maven (mvn) is needed once to fetch the Delta jars: install it "
+            "(Debian/Ubuntu: apt-get install maven) and run `make jars` again.",
+            file=sys.stderr,
+        )
+        return 1
     print(f"Resolving io.delta:delta-spark_{spark_binary}_2.13:{delta_version} from Maven Central")
     cmd = [
         "mvn",

@@ -75,3 +75,21 @@ def test_load_config_missing_environment_variable_is_named():
 def test_load_config_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"nope\.yaml: configuration file not found"):
         load_config([tmp_path / "nope.yaml"])
+
+
+def test_load_config_range_error_names_the_overlay_that_set_it(tmp_path):
+    overlay = write(tmp_path, "small.yaml", "segment:\n  k_min: 1\n")
+    with pytest.raises(ConfigError, match=r"small\.yaml: segment\.k_min: must be at least 2"):
+        load_config([BASE, overlay])
+
+
+def test_load_config_bad_list_item_names_the_overlay(tmp_path):
+    overlay = write(tmp_path, "feats2.yaml", "segment:\n  features: [recency_days, [1]]\n")
+    with pytest.raises(ConfigError, match=r"feats2\.yaml: segment\.features\[1\]: expected a string"):
+        load_config([BASE, overlay])
+
+
+def test_set_spark_conf_key_with_dots_and_scalar_values():
+    cfg = load_config([BASE], ["spark.conf.spark.driver.memory=8g", "spark.app_name=a: b #1"])
+    assert cfg.spark.conf == {"spark.driver.memory": "8g"}
+    assert cfg.spark.app_name == "a: b #1"

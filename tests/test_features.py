@@ -6,7 +6,7 @@ from chispa import assert_df_equality
 
 from custseg.features import customer_features, default_as_of
 
-TXN_SCHEMA = "customer_id STRING, invoice_id STRING, amount DOUBLE, event_ts TIMESTAMP, txn_type STRING"
+TXN_SCHEMA = "customer_id STRING, source STRING, invoice_id STRING, amount DOUBLE, event_ts TIMESTAMP, txn_type STRING"
 FEATURE_SCHEMA = (
     "customer_id STRING, as_of_date DATE, first_purchase_date DATE, last_purchase_date DATE, "
     "recency_days INT, frequency LONG, monetary DOUBLE, tenure_days INT, avg_order_value DOUBLE"
@@ -25,11 +25,11 @@ def test_customer_features_rfm_worked_example(spark):
     # Customer b: one order of 40 on 2024-06-30 (the day before as-of): recency 1.
     txns = spark.createDataFrame(
         [
-            ("a", "A1", 30.0, ts("2024-01-02 10:00:00"), "purchase"),
-            ("a", "A1", 20.0, ts("2024-01-02 10:00:00"), "purchase"),
-            ("a", "A2", 100.0, ts("2024-06-21 23:59:59"), "purchase"),
-            ("a", "R1", -15.0, ts("2024-06-25 09:00:00"), "return"),
-            ("b", "B1", 40.0, ts("2024-06-30 12:00:00"), "purchase"),
+            ("a", "pos", "A1", 30.0, ts("2024-01-02 10:00:00"), "purchase"),
+            ("a", "pos", "A1", 20.0, ts("2024-01-02 10:00:00"), "purchase"),
+            ("a", "pos", "A2", 100.0, ts("2024-06-21 23:59:59"), "purchase"),
+            ("a", "pos", "R1", -15.0, ts("2024-06-25 09:00:00"), "return"),
+            ("b", "pos", "B1", 40.0, ts("2024-06-30 12:00:00"), "purchase"),
         ],
         TXN_SCHEMA,
     )
@@ -45,7 +45,7 @@ def test_customer_features_rfm_worked_example(spark):
 
 
 def test_customer_features_returns_only_customer_has_no_recency(spark):
-    txns = spark.createDataFrame([("r", "R9", -25.0, ts("2024-03-01 10:00:00"), "return")], TXN_SCHEMA)
+    txns = spark.createDataFrame([("r", "pos", "R9", -25.0, ts("2024-03-01 10:00:00"), "return")], TXN_SCHEMA)
     expected = spark.createDataFrame([("r", AS_OF, None, None, None, 0, -25.0, None, None)], FEATURE_SCHEMA)
     actual = txns.transform(customer_features(AS_OF))
     assert_df_equality(actual, expected, ignore_nullable=True)
@@ -54,8 +54,8 @@ def test_customer_features_returns_only_customer_has_no_recency(spark):
 def test_customer_features_repeat_orders_same_day_count_separately(spark):
     txns = spark.createDataFrame(
         [
-            ("s", "S1", 10.0, ts("2024-06-01 09:00:00"), "purchase"),
-            ("s", "S2", 30.0, ts("2024-06-01 17:00:00"), "purchase"),
+            ("s", "pos", "S1", 10.0, ts("2024-06-01 09:00:00"), "purchase"),
+            ("s", "pos", "S2", 30.0, ts("2024-06-01 17:00:00"), "purchase"),
         ],
         TXN_SCHEMA,
     )
@@ -69,8 +69,8 @@ def test_customer_features_repeat_orders_same_day_count_separately(spark):
 def test_customer_features_void_orders_are_not_purchases(spark):
     txns = spark.createDataFrame(
         [
-            ("v", "V1", 50.0, ts("2024-05-01 09:00:00"), "purchase"),
-            ("v", "V2", 0.0, ts("2024-06-01 09:00:00"), "void"),
+            ("v", "pos", "V1", 50.0, ts("2024-05-01 09:00:00"), "purchase"),
+            ("v", "pos", "V2", 0.0, ts("2024-06-01 09:00:00"), "void"),
         ],
         TXN_SCHEMA,
     )
@@ -83,8 +83,8 @@ def test_customer_features_void_orders_are_not_purchases(spark):
 def test_customer_features_as_of_before_first_order_excludes_customer(spark):
     txns = spark.createDataFrame(
         [
-            ("early", "E1", 10.0, ts("2024-06-30 23:59:59"), "purchase"),
-            ("late", "L1", 10.0, ts("2024-07-01 00:00:00"), "purchase"),
+            ("early", "pos", "E1", 10.0, ts("2024-06-30 23:59:59"), "purchase"),
+            ("late", "pos", "L1", 10.0, ts("2024-07-01 00:00:00"), "purchase"),
         ],
         TXN_SCHEMA,
     )
@@ -96,9 +96,23 @@ def test_customer_features_as_of_before_first_order_excludes_customer(spark):
 def test_default_as_of_is_day_after_newest_transaction(spark):
     txns = spark.createDataFrame(
         [
-            ("a", "A1", 1.0, ts("2024-03-01 10:00:00"), "purchase"),
-            ("a", "A2", 1.0, ts("2024-04-30 23:00:00"), "return"),
+            ("a", "pos", "A1", 1.0, ts("2024-03-01 10:00:00"), "purchase"),
+            ("a", "pos", "A2", 1.0, ts("2024-04-30 23:00:00"), "return"),
         ],
         TXN_SCHEMA,
     )
     assert default_as_of(txns) == dt.date(2024, 5, 1)
+
+
+def test_customer_features_same_invoice_number_in_two_sources_is_two_orders(spark):
+    txns = spark.createDataFrame(
+        [
+            ("m", "pos", "1001", 10.0, ts("2024-06-01 09:00:00"), "purchase"),
+            ("m", "web", "1001", 30.0, ts("2024-06-02 09:00:00"), "purchase"),
+        ],
+        TXN_SCHEMA,
+    )
+    expected = spark.createDataFrame(
+        [("m", AS_OF, dt.date(2024, 6, 1), dt.date(2024, 6, 2), 29, 2, 40.0, 30, 20.0)], FEATURE_SCHEMA
+    )
+    assert_df_equality(txns.transform(customer_features(AS_OF)), expected, ignore_nullable=True)

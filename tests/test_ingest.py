@@ -11,7 +11,7 @@ from custseg import ingest, io
 from custseg.sources import SourceError
 from tests.conftest import make_config
 
-NOW = dt.datetime(2025, 1, 1)
+NOW = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 
 POS_CSV = """receipt_no,line_no,loyalty_id,sku,qty,unit_price,sold_at,store_id
 P1,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01
@@ -110,3 +110,20 @@ def test_ingest_missing_source_path_is_a_clear_error(spark, tmp_path):
     cfg = dataclasses.replace(cfg, sources=cfg.sources[:1])
     with pytest.raises(SourceError, match=r"source 'pos' \(.*demo_pos\.yaml\): cannot read"):
         ingest.run(spark, cfg, "run-1", now=NOW)
+
+
+def test_ingest_row_quarantined_as_future_moves_to_transactions_when_due(spark, tmp_path):
+    cfg = make_config(tmp_path)
+    write_sources(tmp_path / "raw")
+    ingest.run(spark, cfg, "run-1", now=dt.datetime(2024, 6, 2, 12, tzinfo=dt.timezone.utc))
+    quarantine = io.table_ref(cfg.storage, cfg.tables.quarantine)
+    future = io.read(spark, quarantine).where("reason = 'future_timestamp'").count()
+    assert future > 0  # R1 (June 3) and the web orders (June 5, 6) were in the future then
+
+    ingest.run(spark, cfg, "run-2", now=NOW)
+    txn_ids = io.read(spark, io.table_ref(cfg.storage, cfg.tables.transactions)).select("txn_id")
+    in_both = io.read(spark, quarantine).join(txn_ids, "txn_id", "inner").count()
+    reasons = io.read(spark, quarantine).select("reason")
+    expected = spark.createDataFrame([("missing_customer_id",), ("unparseable_quantity",)], "reason STRING")
+    assert in_both == 0
+    assert_df_equality(reasons, expected, ignore_row_order=True, ignore_nullable=True)

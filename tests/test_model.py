@@ -98,3 +98,21 @@ def test_same_seed_gives_same_labels(spark, tmp_path):
 def _fit(spark, feats, cfg, run_id):
     fitted, result = model.fit(spark, feats, cfg, run_id)
     return fitted, feats, cfg, result
+
+
+def test_same_seed_gives_same_labels_whatever_the_input_partitioning(spark, tmp_path):
+    # Structureless data: KMeans' answer depends on its seeding, which samples per partition.
+    cfg = make_config(tmp_path, "segment.k=5")
+    feats = spark.range(300).selectExpr(
+        "CAST(id AS STRING) AS customer_id",
+        "CAST(pmod(xxhash64(id, 'r'), 365) AS INT) AS recency_days",
+        "1 + pmod(xxhash64(id, 'f'), 20) AS frequency",
+        "CAST(pmod(xxhash64(id, 'm'), 5000) AS DOUBLE) AS monetary",
+        "CAST(pmod(xxhash64(id, 'a'), 200) AS DOUBLE) AS avg_order_value",
+        "DATE'2024-07-01' AS as_of_date",
+    )
+    one = feats.repartition(1)
+    five = feats.repartition(5, "recency_days")
+    first = model.label(*_fit(spark, one, cfg, "a"), "a").select("customer_id", "segment_id")
+    second = model.label(*_fit(spark, five, cfg, "b"), "b").select("customer_id", "segment_id")
+    assert_df_equality(first, second, ignore_row_order=True)

@@ -10,7 +10,7 @@ from custseg.config import load_source
 from custseg.sources import SourceError, canonicalize, check_mapping
 from tests.conftest import CONF
 
-NOW = dt.datetime(2025, 1, 1)
+NOW = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 POS = load_source(CONF / "sources" / "demo_pos.yaml")
 WEB = load_source(CONF / "sources" / "demo_web.yaml")
 
@@ -236,3 +236,41 @@ def test_check_mapping_names_file_and_key_for_unknown_column(spark):
     bad = dataclasses.replace(POS, columns=dataclasses.replace(POS.columns, customer_id="loyalty"))
     with pytest.raises(SourceError, match=r"demo_pos\.yaml: columns\.customer_id: cannot resolve 'loyalty'"):
         check_mapping(raw, bad)
+
+
+def test_canonicalize_quarantines_nan_and_infinite_numbers(spark):
+    raw = spark.createDataFrame(
+        [
+            ("P1", "1", "0042", "SKU1", "NaN", "3.50", "2024-06-01 10:00:00", "S01", "f.csv"),
+            ("P2", "1", "0042", "SKU1", "1", "Infinity", "2024-06-01 10:00:00", "S01", "f.csv"),
+        ],
+        POS_RAW,
+    )
+    actual = raw.transform(canonicalize(POS, NOW)).select("invoice_id", "reason")
+    expected = spark.createDataFrame(
+        [("P1", "non_finite_number"), ("P2", "non_finite_number")], "invoice_id STRING, reason STRING"
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_canonicalize_iso_timestamps_apply_an_offset_once_and_zone_only_without_one(spark):
+    london = dataclasses.replace(WEB, timezone="Europe/London")
+    rows = [
+        ("2024-06-01T10:00:00+01:00",),
+        ("2024-06-01T10:00:00+01",),
+        ("2024-06-01T09:00:00z",),
+        ("2024-06-01 09:00:00 UTC",),
+        ("2024-06-01T10:00:00",),
+    ]  # the last is London local time
+    raw = spark.createDataFrame(rows, "created_at STRING").selectExpr(
+        "'W1' AS order_id",
+        "named_struct('id', '7') AS customer",
+        "created_at",
+        "'order' AS kind",
+        "'completed' AS status",
+        "array(named_struct('position', '1', 'sku', 'A', 'quantity', '1', 'price', '2')) AS items",
+        "'f.json' AS source_file",
+    )
+    actual = raw.transform(canonicalize(london, NOW)).select("event_ts").distinct()
+    expected = spark.createDataFrame([(dt.datetime(2024, 6, 1, 9),)], "event_ts TIMESTAMP")
+    assert_df_equality(actual, expected, ignore_nullable=True)

@@ -88,6 +88,7 @@ class SegmentConfig:
     silhouette_tolerance: float
     seed: int
     max_iter: int
+    fit_partitions: int  # the model input is laid out in this many partitions, so labels do not depend on the cluster
     model_dir: str
 
 
@@ -102,31 +103,38 @@ class Config:
     segment: SegmentConfig
     sources: tuple[SourceConfig, ...] = field(default=())
 
-    def validate(self) -> Config:
+    def validate(self, origins: Mapping[str, str] | None = None) -> Config:
+        """Cross-field checks; ``origins`` maps keys to the file that set them, for messages."""
+
+        def check(ok: bool, key: str, message: str) -> None:
+            if not ok:
+                raise ConfigError(f"{_origin(origins or {}, key)}: {key}: {message}")
+
         seg = self.segment
-        _check(seg.k_min >= 2, "segment.k_min", "must be at least 2")
-        _check(seg.k_max >= seg.k_min, "segment.k_max", "must be at least segment.k_min")
-        _check(seg.k is None or seg.k >= 2, "segment.k", "must be at least 2")
-        _check(bool(seg.features), "segment.features", "must name at least one feature")
+        check(seg.k_min >= 2, "segment.k_min", "must be at least 2")
+        check(seg.k_max >= seg.k_min, "segment.k_max", "must be at least segment.k_min")
+        check(seg.k is None or seg.k >= 2, "segment.k", "must be at least 2")
+        check(seg.fit_partitions >= 1, "segment.fit_partitions", "must be at least 1")
+        check(bool(seg.features), "segment.features", "must name at least one feature")
         unknown = sorted(set(seg.features) - set(MODEL_FEATURES))
-        _check(not unknown, "segment.features", f"unknown features {unknown}; known: {MODEL_FEATURES}")
+        check(not unknown, "segment.features", f"unknown features {unknown}; known: {MODEL_FEATURES}")
         unknown = sorted(set(self.features.log1p) - set(MODEL_FEATURES))
-        _check(not unknown, "features.log1p", f"unknown features {unknown}; known: {MODEL_FEATURES}")
+        check(not unknown, "features.log1p", f"unknown features {unknown}; known: {MODEL_FEATURES}")
         n = seg.pca_components
-        _check(
+        check(
             n is None or 1 <= n <= len(seg.features),
             "segment.pca_components",
             f"must be between 1 and the number of features ({len(seg.features)})",
         )
-        _check(self.demo.end_date > self.demo.start_date, "demo.end_date", "must be after demo.start_date")
-        _check(self.demo.customers >= 1, "demo.customers", "must be at least 1")
-        _check(
+        check(self.demo.end_date > self.demo.start_date, "demo.end_date", "must be after demo.start_date")
+        check(self.demo.customers >= 1, "demo.customers", "must be at least 1")
+        check(
             self.storage.mode != "catalog" or bool(self.storage.database),
             "storage.database",
             "is required when storage.mode is 'catalog'",
         )
         names = [s.name for s in self.sources]
-        _check(len(names) == len(set(names)), "ingest.sources", f"source names must be unique, got {names}")
+        check(len(names) == len(set(names)), "ingest.sources", f"source names must be unique, got {names}")
         return self
 
 
@@ -164,11 +172,6 @@ class SourceConfig:
     file: str = ""  # the mapping file, for messages
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
-
 # --------------------------------------------------------------------------- loading
 
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
@@ -187,7 +190,7 @@ def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> C
         _merge(merged, _nest(key, value), "--set", origins, prefix="")
     cfg = _build(Config, merged, "", origins)
     sources = tuple(load_source(p) for p in cfg.ingest.sources)
-    return dataclasses.replace(cfg, sources=sources).validate()
+    return dataclasses.replace(cfg, sources=sources).validate(origins)
 
 
 def load_source(path: str | Path) -> SourceConfig:
@@ -218,16 +221,30 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. segment.k_max=6")
+    if not raw.strip():
+        return key.strip(), None
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.safe_load(raw)
     except yaml.YAMLError:
+        return key.strip(), raw
+    # Flow collections ({...}, [...]) are YAML; anything else is one scalar, taken as
+    # written when YAML would read it as a mapping or cut it at a comment.
+    if not raw.lstrip().startswith(("{", "[")) and (isinstance(value, (dict, list)) or "#" in raw):
         value = raw
     return key.strip(), value
 
 
+# Keys under these are free-form names that contain dots themselves (spark.sql.x).
+_OPEN_MAPPINGS = ("spark.conf.",)
+
+
 def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    parts = dotted.split(".")
+    for prefix in _OPEN_MAPPINGS:
+        if dotted.startswith(prefix):
+            parts = [*prefix.rstrip(".").split("."), dotted[len(prefix) :]]
     out: Any = value
-    for part in reversed(dotted.split(".")):
+    for part in reversed(parts):
         out = {part: out}
     return out
 
@@ -253,6 +270,7 @@ def _record(value: Mapping[str, Any], origin: str, origins: dict[str, str], pref
 
 
 def _origin(origins: Mapping[str, str], dotted: str) -> str:
+    dotted = re.sub(r"\[\d+\]", "", dotted)  # a list item was set with its list
     while dotted:
         if dotted in origins:
             return origins[dotted]

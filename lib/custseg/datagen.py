@@ -189,7 +189,7 @@ def pos_lines(lns: DataFrame, cfg: DemoConfig) -> DataFrame:
             loyalty.alias("loyalty_id"),
             "sku",
             qty.alias("qty"),
-            F.format_number("unit_price", 2).alias("unit_price"),
+            F.format_string("%.2f", "unit_price").alias("unit_price"),
             F.date_format(F.from_utc_timestamp(ts, "Europe/London"), local_fmt).alias("sold_at"),
             store_id.alias("store_id"),
             F.col("line_no").alias("_line"),

@@ -39,11 +39,12 @@ def _is_purchase() -> Column:
 def customer_features(as_of: dt.date) -> Callable[[DataFrame], DataFrame]:
     """Transactions -> one row per customer, as of ``as_of`` (exclusive).
 
-    Input columns: customer_id, invoice_id, amount, event_ts, txn_type.
+    Input columns: customer_id, source, invoice_id, amount, event_ts, txn_type.
     Output columns: customer_id, as_of_date, first_purchase_date, last_purchase_date,
     recency_days, frequency, monetary, tenure_days, avg_order_value.
 
-    * frequency: distinct purchase invoices; returns and voids are not purchases.
+    * frequency: distinct purchase invoices (per source); returns and voids are not
+      purchases.
     * monetary: purchases net of returns (a return's amount is negative; voids are 0).
     * avg_order_value: gross purchase value per purchase invoice.
     A customer with returns but no purchase before ``as_of`` has frequency 0 and null
@@ -59,7 +60,8 @@ def customer_features(as_of: dt.date) -> Callable[[DataFrame], DataFrame]:
             .agg(
                 F.min(purchase_day).alias(c.FIRST_PURCHASE),
                 F.max(purchase_day).alias(c.LAST_PURCHASE),
-                F.count_distinct(F.when(_is_purchase(), F.col(c.INVOICE_ID))).alias(c.FREQUENCY),
+                # invoice numbers are only unique within a source system
+                F.count_distinct(F.when(_is_purchase(), F.col(c.SOURCE)), F.col(c.INVOICE_ID)).alias(c.FREQUENCY),
                 F.sum(c.AMOUNT).alias(c.MONETARY),
                 F.sum(F.when(_is_purchase(), F.col(c.AMOUNT))).alias("_gross"),
             )

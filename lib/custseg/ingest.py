@@ -67,10 +67,10 @@ class SourceCounts:
 def flag_duplicates(df: DataFrame) -> DataFrame:
     """Adds ``is_duplicate``: true for every copy of a txn_id after the first.
 
-    Copies share their whole content (the id is a content hash), so which copy stays
-    does not matter.
+    Copies share their content (the id is a content hash); the copy from the first
+    file by name stays, so ``source_file`` is deterministic too.
     """
-    by_id = Window.partitionBy(c.TXN_ID).orderBy(c.TXN_ID)
+    by_id = Window.partitionBy(c.TXN_ID).orderBy(SOURCE_FILE)
     return df.select("*", (F.row_number().over(by_id) > 1).alias(DUPLICATE))
 
 
@@ -86,7 +86,7 @@ def source_counts(flagged: DataFrame) -> DataFrame:
 
 
 def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None = None) -> list[SourceCounts]:
-    now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = now or dt.datetime.now(dt.timezone.utc)
     if not cfg.sources:
         raise ValueError("ingest.sources lists no source mapping files")
     canonical = []
@@ -111,8 +111,12 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
         first_copy = ~F.col(DUPLICATE)
         accepted = flagged.where(first_copy & F.col(REASON).isNull()).select(*TRANSACTION_COLUMNS)
         quarantined = flagged.where(first_copy & F.col(REASON).isNotNull()).select(*QUARANTINE_COLUMNS)
+        quarantine = io.table_ref(cfg.storage, cfg.tables.quarantine)
         io.insert_new(spark, accepted, io.table_ref(cfg.storage, cfg.tables.transactions), [c.TXN_ID])
-        io.insert_new(spark, quarantined, io.table_ref(cfg.storage, cfg.tables.quarantine), [c.TXN_ID])
+        # A row quarantined before (say, as future-dated) and accepted now leaves quarantine,
+        # so that no row is ever in both tables.
+        io.delete_matching(spark, accepted.select(c.TXN_ID), quarantine, [c.TXN_ID])
+        io.insert_new(spark, quarantined, quarantine, [c.TXN_ID])
     finally:
         flagged.unpersist()
     log_rows = [(run_id, "ingest", s.source, s.rows_read, s.duplicates, s.accepted, s.quarantined, now) for s in counts]

@@ -95,3 +95,11 @@ def insert_new(spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     (delta_table(spark, ref).alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute())
     log.info("merged into %s on %s", ref, ", ".join(keys))
+
+
+def delete_matching(spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str]) -> None:
+    """Delete the table's rows whose ``keys`` appear in ``df`` (no-op if there is no table)."""
+    if not exists(spark, ref):
+        return
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    delta_table(spark, ref).alias("t").merge(df.alias("s"), condition).whenMatchedDelete().execute()

@@ -138,7 +138,11 @@ def value_order(scored: DataFrame, k: int) -> Transformer:
 def fit(spark: SparkSession, features: DataFrame, cfg: Config, run_id: str) -> tuple[PipelineModel, SegmentResult]:
     """Fit the preprocessing once, sweep k, choose, and assemble the final PipelineModel."""
     seg = cfg.segment
-    inputs = features.transform(model_inputs(seg.features, cfg.features.log1p))
+    inputs = (
+        features.transform(model_inputs(seg.features, cfg.features.log1p))
+        .repartition(seg.fit_partitions, c.CUSTOMER_ID)
+        .sortWithinPartitions(c.CUSTOMER_ID)
+    )
     prep = preprocessing(seg).fit(inputs)
     # KMeans iterates over its input many times per k: materialise the vectors once.
     vectors = prep.transform(inputs).select(c.CUSTOMER_ID, VECTOR).persist(StorageLevel.MEMORY_AND_DISK)

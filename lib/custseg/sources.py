@@ -29,6 +29,7 @@ MISSING_INVOICE_ID = "missing_invoice_id"
 BAD_QUANTITY = "unparseable_quantity"
 BAD_UNIT_PRICE = "unparseable_unit_price"
 BAD_TIMESTAMP = "unparseable_timestamp"
+NON_FINITE_NUMBER = "non_finite_number"
 NON_POSITIVE_PRICE = "non_positive_price"
 ZERO_QUANTITY = "zero_quantity"
 FUTURE_TIMESTAMP = "future_timestamp"
@@ -96,6 +97,7 @@ def canonicalize(src: SourceConfig, now: dt.datetime) -> Callable[[DataFrame], D
             .when(quantity.isNull(), BAD_QUANTITY)
             .when(unit_price.isNull(), BAD_UNIT_PRICE)
             .when(event_ts.isNull(), BAD_TIMESTAMP)
+            .when(~_finite(quantity) | ~_finite(unit_price), NON_FINITE_NUMBER)
             .when(unit_price <= 0, NON_POSITIVE_PRICE)
             .when(quantity == 0, ZERO_QUANTITY)
             .when(event_ts > F.lit(now), FUTURE_TIMESTAMP)
@@ -130,11 +132,17 @@ def _text(expr: str | None) -> Column:
     return F.when(value != "", value)
 
 
+def _finite(x: Column) -> Column:
+    """ "NaN" and "Infinity" parse as doubles; as money they are errors."""
+    return ~F.isnan(x) & (F.abs(x) != F.lit(float("inf")))
+
+
 def _parse_timestamp(text: Column, src: SourceConfig) -> Column:
     if src.timestamp_format is None:
-        # ISO 8601: an explicit offset wins; a bare local time is in the source's zone.
-        has_offset = text.rlike(r"(Z|[+-]\d\d:?\d\d)$")
-        parsed = F.try_to_timestamp(text)
+        # ISO 8601: an explicit offset or zone wins; a bare local time is in the source's zone.
+        iso = F.upper(text)  # RFC 3339 allows a lower-case t and z; Spark reads upper case
+        has_offset = iso.rlike(r"(Z|[+-]\d\d(:?\d\d)?|\s?(UTC|GMT))$")
+        parsed = F.try_to_timestamp(iso)
         return F.when(has_offset, parsed).otherwise(F.to_utc_timestamp(parsed, src.timezone))
     return F.to_utc_timestamp(F.try_to_timestamp(text, F.lit(src.timestamp_format)), src.timezone)
 
