@@ -11,7 +11,7 @@ from custseg import ingest, io
 from custseg.sources import SourceError
 from tests.conftest import make_config
 
-NOW = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 POS_CSV = """receipt_no,line_no,loyalty_id,sku,qty,unit_price,sold_at,store_id
 P1,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01
@@ -115,7 +115,7 @@ def test_ingest_missing_source_path_is_a_clear_error(spark, tmp_path):
 def test_ingest_row_quarantined_as_future_moves_to_transactions_when_due(spark, tmp_path):
     cfg = make_config(tmp_path)
     write_sources(tmp_path / "raw")
-    ingest.run(spark, cfg, "run-1", now=dt.datetime(2024, 6, 2, 12, tzinfo=dt.timezone.utc))
+    ingest.run(spark, cfg, "run-1", now=dt.datetime(2024, 6, 2, 12, tzinfo=dt.UTC))
     quarantine = io.table_ref(cfg.storage, cfg.tables.quarantine)
     future = io.read(spark, quarantine).where("reason = 'future_timestamp'").count()
     assert future > 0  # R1 (June 3) and the web orders (June 5, 6) were in the future then

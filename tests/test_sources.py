@@ -10,7 +10,7 @@ from custseg.config import load_source
 from custseg.sources import SourceError, canonicalize, check_mapping
 from tests.conftest import CONF
 
-NOW = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 POS = load_source(CONF / "sources" / "demo_pos.yaml")
 WEB = load_source(CONF / "sources" / "demo_web.yaml")
 

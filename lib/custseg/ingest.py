@@ -86,7 +86,7 @@ def source_counts(flagged: DataFrame) -> DataFrame:
 
 
 def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None = None) -> list[SourceCounts]:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     if not cfg.sources:
         raise ValueError("ingest.sources lists no source mapping files")
     canonical = []
