@@ -56,7 +56,9 @@ def test_load_config_bad_source_mapping_names_its_file(tmp_path):
     source = write(
         tmp_path, "src.yaml", (CONF / "sources" / "demo_pos.yaml").read_text().replace("format: csv", "format: xlsx")
     )
-    with pytest.raises(ConfigError, match=r"src\.yaml: format: expected one of 'csv', 'json', 'parquet', 'delta'"):
+    with pytest.raises(
+        ConfigError, match=r"src\.yaml: format: expected one of 'csv', 'whitespace', 'json', 'parquet', 'delta'"
+    ):
         load_config([BASE], [f"ingest.sources=['{source}']"])
 
 

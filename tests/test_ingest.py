@@ -36,18 +36,19 @@ def write_sources(raw: Path) -> None:
 
 def run_log_expected(spark, run_id):
     return spark.createDataFrame(
-        [(run_id, "ingest", "pos", 6, 1, 3, 2), (run_id, "ingest", "web", 3, 1, 2, 0)],
-        "run_id STRING, job STRING, source STRING, rows_read LONG, duplicates LONG, accepted LONG, quarantined LONG",
+        [(run_id, "ingest", "pos", 6, 1, 3, 2, 3), (run_id, "ingest", "web", 3, 1, 2, 0, 2)],
+        "run_id STRING, job STRING, source STRING, rows_read LONG, duplicates LONG, accepted LONG, quarantined LONG, "
+        "inserted LONG",
     )
 
 
 def test_ingest_accepts_quarantines_and_reconciles(spark, tmp_path):
     cfg = make_config(tmp_path)
     write_sources(tmp_path / "raw")
-    counts = ingest.run(spark, cfg, "run-1", now=NOW)
+    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
 
     assert all(s.balanced for s in counts)
-    log_cols = ["run_id", "job", "source", "rows_read", "duplicates", "accepted", "quarantined"]
+    log_cols = ["run_id", "job", "source", "rows_read", "duplicates", "accepted", "quarantined", "inserted"]
     run_log = io.read(spark, io.table_ref(cfg.storage, cfg.tables.run_log)).select(*log_cols)
     assert_df_equality(run_log, run_log_expected(spark, "run-1"), ignore_row_order=True, ignore_nullable=True)
 

@@ -173,7 +173,7 @@ def test_canonicalize_keeps_the_original_row_and_hashes_content(spark):
     row = ("P1", "1", "0042", "SKU1", "2", "3.50", "2024-06-01 10:00:00", "S01", "f.csv")
     other_file = (*row[:-1], "g.csv")
     out = spark.createDataFrame([row, other_file], POS_RAW).transform(canonicalize(POS, NOW))
-    ids = out.select("txn_id").distinct()
+    ids = out.select("content_id").distinct()
     expected = spark.createDataFrame(
         [
             (

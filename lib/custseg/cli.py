@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+import pandas as pd
 from pyspark.sql import SparkSession
 
 from custseg import __version__, datagen, features, ingest, io, model
@@ -49,7 +50,23 @@ def default_configs() -> list[str]:
 
 
 def run_ingest(spark: SparkSession, cfg: Config, run_id: str) -> None:
-    ingest.run(spark, cfg, run_id)
+    result = ingest.run(spark, cfg, run_id)
+    print_profile(result.profile)
+
+
+PROFILE_SUMMARY = (
+    "source", "rows", "accepted", "quarantined", "null_rate_customer_id", "distinct_customers", "first_event_ts",
+    "last_event_ts", "amount_p50", "amount_p99", "return_share", "extreme_rows",
+)  # fmt: skip
+
+
+def print_profile(profile: list[dict]) -> None:
+    """The short version of the data profile table: one line per source, and ALL."""
+    table = pd.DataFrame(profile, columns=list(PROFILE_SUMMARY))
+    for col in ("first_event_ts", "last_event_ts"):
+        table[col] = pd.to_datetime(table[col]).dt.strftime("%Y-%m-%d")
+    print("\nData profile (rows read this run, duplicates excluded; amounts of accepted purchases):")
+    print(table.to_string(index=False))
 
 
 def run_features(spark: SparkSession, cfg: Config, run_id: str) -> None:

@@ -21,6 +21,8 @@ RUN_ID = "run_id"
 PURCHASE = "purchase"
 RETURN = "return"
 VOID = "void"
+ADJUSTMENT = "adjustment"  # postage, fees, manual adjustments: kept, but not revenue
+IS_EXTREME = "is_extreme"
 
 # customer features
 AS_OF_DATE = "as_of_date"
@@ -39,10 +41,3 @@ MODEL_VERSION = "model_version"
 WCSS = "wcss"
 SILHOUETTE = "silhouette"
 CHOSEN = "chosen"
-
-TRANSACTIONS_SCHEMA = (
-    "txn_id STRING NOT NULL, source STRING NOT NULL, customer_id STRING NOT NULL, "
-    "invoice_id STRING NOT NULL, line_id STRING, product_id STRING, quantity DOUBLE, "
-    "unit_price DOUBLE, amount DOUBLE, event_ts TIMESTAMP, store STRING, channel STRING, "
-    "txn_type STRING, source_file STRING, run_id STRING"
-)

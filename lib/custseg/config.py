@@ -55,6 +55,7 @@ class TablesConfig:
     features: str
     labels: str
     k_sweep: str
+    profile: str
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class DemoConfig:
 @dataclass(frozen=True)
 class IngestConfig:
     sources: list[str]  # paths of source mapping files (conf/sources/*.yaml)
+    drop_duplicates: bool  # exact duplicate lines count once; false keeps every copy
+    quarantine_future: bool  # a transaction after the run's start is quarantined
+    extreme_iqr_factor: float | None  # flag amounts beyond Q3 + f * IQR of log1p|amount|; None: no flags
 
 
 @dataclass(frozen=True)
@@ -144,32 +148,42 @@ MODEL_FEATURES = ("recency_days", "frequency", "monetary", "tenure_days", "avg_o
 
 @dataclass(frozen=True)
 class SourceColumns:
-    """Canonical column <- source column (a column name or a SQL expression over the row)."""
+    """Canonical column <- source column: a column name as written in the source (spaces
+    and all), or a SQL expression over the row (e.g. ``regexp_replace(CustomerID, '\\.0$', '')``)."""
 
     customer_id: str
     invoice_id: str
-    line_id: str | None
-    product_id: str
+    product_id: str | None
     quantity: str
-    unit_price: str
     event_ts: str
-    store: str | None
+    line_id: str | None = None
+    unit_price: str | None = None  # at least one of unit_price and line_amount
+    line_amount: str | None = None  # quantity x unit price, as the source states it
+    store: str | None = None  # a store, country or region
 
 
 @dataclass(frozen=True)
 class SourceConfig:
     name: str
-    format: Literal["csv", "json", "parquet", "delta"]
-    path: str
-    options: dict[str, str]
-    explode: str | None  # an array column whose elements become rows, as `item`
+    format: Literal["csv", "whitespace", "json", "parquet", "delta"]
+    path: str  # a file, a folder or a glob
     columns: SourceColumns
-    channel: str
-    timestamp_format: str | None  # Spark datetime pattern; None: ISO 8601
-    timezone: str  # zone of timestamps that carry no offset
-    return_when: str  # SQL predicate over the source row: the line is a return or refund
-    void_when: str  # SQL predicate: the order never happened (cancelled before payment)
+    options: dict[str, str] = field(default_factory=dict)  # reader options: header, delimiter, encoding, quote...
+    explode: str | None = None  # an array column whose elements become rows, as `item`
+    channel: str | None = None  # a constant channel for every row; None: the source name
+    timestamp_formats: list[str] = field(default_factory=list)  # Spark patterns, tried in order; []: ISO 8601
+    timezone: str = "UTC"  # zone of timestamps that carry no offset
+    return_when: str = "false"  # SQL predicate: the line is a return, refund or cancellation (negative quantity is too)
+    void_when: str = "false"  # SQL predicate: the order never happened (cancelled before payment)
+    non_product_when: str = "false"  # SQL predicate: postage, fees, manual adjustments: kept, not revenue
     file: str = ""  # the mapping file, for messages
+
+    def validate(self) -> SourceConfig:
+        if self.columns.unit_price is None and self.columns.line_amount is None:
+            raise ConfigError(f"{self.file}: columns: map unit_price, line_amount or both")
+        if self.format == "whitespace" and self.options.get("header", "true").lower() != "true":
+            raise ConfigError(f"{self.file}: options.header: whitespace sources need a header line")
+        return self
 
 
 # --------------------------------------------------------------------------- loading
@@ -198,7 +212,7 @@ def load_source(path: str | Path) -> SourceConfig:
     origins: dict[str, str] = {}
     _merge({}, data, str(path), origins, prefix="")
     data.setdefault("file", str(path))
-    return _build(SourceConfig, data, "", origins)
+    return _build(SourceConfig, data, "", origins).validate()
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -36,6 +36,12 @@ def _is_purchase() -> Column:
     return F.col(c.TXN_TYPE) == c.PURCHASE
 
 
+def _is_revenue() -> Column:
+    """Purchases and returns move revenue; voids are 0 and adjustments (postage,
+    fees, bad-debt write-offs) are not customer spend."""
+    return F.col(c.TXN_TYPE).isin(c.PURCHASE, c.RETURN)
+
+
 def customer_features(as_of: dt.date) -> Callable[[DataFrame], DataFrame]:
     """Transactions -> one row per customer, as of ``as_of`` (exclusive).
 
@@ -45,7 +51,8 @@ def customer_features(as_of: dt.date) -> Callable[[DataFrame], DataFrame]:
 
     * frequency: distinct purchase invoices (per source); returns and voids are not
       purchases.
-    * monetary: purchases net of returns (a return's amount is negative; voids are 0).
+    * monetary: purchases net of returns (a return's amount is negative); voids and
+      non-product adjustments do not count.
     * avg_order_value: gross purchase value per purchase invoice.
     A customer with returns but no purchase before ``as_of`` has frequency 0 and null
     recency, tenure and average order value: there is no purchase to measure.
@@ -62,7 +69,7 @@ def customer_features(as_of: dt.date) -> Callable[[DataFrame], DataFrame]:
                 F.max(purchase_day).alias(c.LAST_PURCHASE),
                 # invoice numbers are only unique within a source system
                 F.count_distinct(F.when(_is_purchase(), F.col(c.SOURCE)), F.col(c.INVOICE_ID)).alias(c.FREQUENCY),
-                F.sum(c.AMOUNT).alias(c.MONETARY),
+                F.sum(F.when(_is_revenue(), F.col(c.AMOUNT)).otherwise(F.lit(0.0))).alias(c.MONETARY),
                 F.sum(F.when(_is_purchase(), F.col(c.AMOUNT))).alias("_gross"),
             )
         )

@@ -2,9 +2,10 @@
 
 Each input row ends up in exactly one place: the transactions table (accepted), the
 quarantine table (with a reason code), or counted as an exact duplicate. The counts
-per source go to the run log, and the job fails when they do not add up. Loads are
-idempotent: rows are keyed by a content hash and MERGEd, so rerunning the same input
-adds nothing.
+per source go to the run log, and the job fails when they do not add up, including
+against what the tables hold after the write. Loads are idempotent: rows are keyed by
+a hash of their content and MERGEd, so rerunning the same input adds nothing, a new
+file adds only its rows, and a rerun after a crash part-way completes the load.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyspark import StorageLevel
@@ -21,34 +23,27 @@ from pyspark.sql import functions as F
 from custseg import columns as c
 from custseg import io
 from custseg.config import Config
-from custseg.sources import RAW, REASON, SOURCE_FILE, canonicalize, check_mapping, read_source
+from custseg.sources import CONTENT_ID, RAW, REASON, SOURCE_FILE, canonicalize, check_mapping, read_source
 
 log = logging.getLogger(__name__)
 
 DUPLICATE = "is_duplicate"
+ALL_SOURCES = "ALL"
 
 TRANSACTION_COLUMNS = (
-    c.TXN_ID,
-    c.SOURCE,
-    c.CUSTOMER_ID,
-    c.INVOICE_ID,
-    c.LINE_ID,
-    c.PRODUCT_ID,
-    c.QUANTITY,
-    c.UNIT_PRICE,
-    c.AMOUNT,
-    c.EVENT_TS,
-    c.STORE,
-    c.CHANNEL,
-    c.TXN_TYPE,
-    SOURCE_FILE,
-    c.RUN_ID,
-)
+    c.TXN_ID, c.SOURCE, c.CUSTOMER_ID, c.INVOICE_ID, c.LINE_ID, c.PRODUCT_ID, c.QUANTITY, c.UNIT_PRICE, c.AMOUNT,
+    c.EVENT_TS, c.STORE, c.CHANNEL, c.TXN_TYPE, c.IS_EXTREME, SOURCE_FILE, c.RUN_ID,
+)  # fmt: skip
 QUARANTINE_COLUMNS = (c.TXN_ID, c.SOURCE, SOURCE_FILE, REASON, RAW, c.RUN_ID)
+RUN_LOG_SCHEMA = (
+    "run_id STRING, job STRING, source STRING, rows_read LONG, duplicates LONG, accepted LONG, "
+    "quarantined LONG, inserted LONG, logged_at TIMESTAMP"
+)
+AMOUNT_QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)
 
 
 class ReconciliationError(RuntimeError):
-    """Rows read != accepted + quarantined + duplicates for some source."""
+    """Rows read, accepted, quarantined, duplicates and rows stored do not agree."""
 
 
 @dataclass(frozen=True)
@@ -58,83 +53,234 @@ class SourceCounts:
     duplicates: int
     accepted: int
     quarantined: int
+    inserted: int = 0  # accepted rows new to the table in this run (the rest were there)
 
     @property
     def balanced(self) -> bool:
         return self.rows_read == self.accepted + self.quarantined + self.duplicates
 
 
-def flag_duplicates(df: DataFrame) -> DataFrame:
-    """Adds ``is_duplicate``: true for every copy of a txn_id after the first.
+@dataclass(frozen=True)
+class IngestResult:
+    counts: list[SourceCounts]
+    profile: list[dict]  # the data profile rows, per source and ALL
 
-    Copies share their content (the id is a content hash); the copy from the first
-    file by name stays, so ``source_file`` is deterministic too.
+
+# --------------------------------------------------------------------------- transforms
+
+
+def assign_ids(drop_duplicates: bool) -> Callable[[DataFrame], DataFrame]:
+    """Adds ``txn_id`` and ``is_duplicate`` from ``content_id``.
+
+    With ``drop_duplicates``, copies of a line share one txn_id and every copy after the
+    first (by file name) is a duplicate. Without it, the n-th copy gets its own id
+    (content and n), so copies stay distinct lines yet a rerun still maps each copy
+    to the same id.
     """
-    by_id = Window.partitionBy(c.TXN_ID).orderBy(SOURCE_FILE)
-    return df.select("*", (F.row_number().over(by_id) > 1).alias(DUPLICATE))
+
+    def transform(df: DataFrame) -> DataFrame:
+        by_content = Window.partitionBy(CONTENT_ID).orderBy(SOURCE_FILE)
+        occurrence = F.row_number().over(by_content)
+        if drop_duplicates:
+            return df.select("*", F.col(CONTENT_ID).alias(c.TXN_ID), (occurrence > 1).alias(DUPLICATE))
+        txn_id = F.sha2(F.concat_ws("#", F.col(CONTENT_ID), occurrence.cast("string")), 256)
+        return df.select("*", txn_id.alias(c.TXN_ID), F.lit(False).alias(DUPLICATE))
+
+    return transform
+
+
+def _log_amount() -> F.Column:
+    return F.log1p(F.abs(F.col(c.AMOUNT)))
+
+
+def _accepted() -> F.Column:
+    return ~F.col(DUPLICATE) & F.col(REASON).isNull()
+
+
+def _quarantined() -> F.Column:
+    return ~F.col(DUPLICATE) & F.col(REASON).isNotNull()
+
+
+def flag_extremes(factor: float | None) -> Callable[[DataFrame], DataFrame]:
+    """Adds ``is_extreme``: the amount is beyond Tukey's far fence on log1p|amount|
+    (Q3 + factor x IQR) of the accepted rows of its source. A flag, not a filter:
+    analysts decide; capping at a quantile is the features' business."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        if factor is None:
+            return df.withColumn(c.IS_EXTREME, F.lit(False))
+        quartiles = F.percentile_approx(F.when(_accepted(), _log_amount()), [0.25, 0.75], 10_000)
+        fences = (
+            df.groupBy(c.SOURCE)
+            .agg(quartiles.alias("q"))
+            .select(c.SOURCE, (F.col("q")[1] + factor * (F.col("q")[1] - F.col("q")[0])).alias("_fence"))
+        )
+        return (
+            df.join(F.broadcast(fences), on=c.SOURCE, how="left")
+            .withColumn(c.IS_EXTREME, F.coalesce(_log_amount() > F.col("_fence"), F.lit(False)))
+            .drop("_fence")
+        )
+
+    return transform
 
 
 def source_counts(flagged: DataFrame) -> DataFrame:
     """Per source: rows_read, duplicates, accepted, quarantined."""
-    first_copy = ~F.col(DUPLICATE)
     return flagged.groupBy(c.SOURCE).agg(
         F.count(F.lit(1)).alias("rows_read"),
         F.count_if(F.col(DUPLICATE)).alias("duplicates"),
-        F.count_if(first_copy & F.col(REASON).isNull()).alias("accepted"),
-        F.count_if(first_copy & F.col(REASON).isNotNull()).alias("quarantined"),
+        F.count_if(_accepted()).alias("accepted"),
+        F.count_if(_quarantined()).alias("quarantined"),
     )
 
 
-def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None = None) -> list[SourceCounts]:
+def data_profile(flagged: DataFrame) -> DataFrame:
+    """Per source and for all sources together (``source = 'ALL'``), over the distinct
+    rows read: counts, null rates of the mapped fields, distinct customers, the date
+    range and quantiles of accepted amounts, and the share of returns.
+
+    Output columns: source, rows, accepted, quarantined, null_rate_customer_id,
+    null_rate_product_id, null_rate_quantity, null_rate_unit_price, null_rate_event_ts,
+    distinct_customers, first_event_ts, last_event_ts, amount_p01, amount_p25,
+    amount_p50, amount_p75, amount_p99, return_share, extreme_rows.
+    """
+    rows = flagged.where(~F.col(DUPLICATE))
+    accepted_amount = F.when(_accepted() & (F.col(c.TXN_TYPE) == c.PURCHASE), F.col(c.AMOUNT))
+
+    def null_rate(col: str) -> F.Column:
+        return F.round(F.avg(F.col(col).isNull().cast("double")), 4).alias(f"null_rate_{col}")
+
+    profile = rows.rollup(c.SOURCE).agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count_if(_accepted()).alias("accepted"),
+        F.count_if(_quarantined()).alias("quarantined"),
+        *[null_rate(col) for col in (c.CUSTOMER_ID, c.PRODUCT_ID, c.QUANTITY, c.UNIT_PRICE, c.EVENT_TS)],
+        F.count_distinct(F.when(_accepted(), F.col(c.CUSTOMER_ID))).alias("distinct_customers"),
+        F.min(F.when(_accepted(), F.col(c.EVENT_TS))).alias("first_event_ts"),
+        F.max(F.when(_accepted(), F.col(c.EVENT_TS))).alias("last_event_ts"),
+        F.percentile_approx(accepted_amount, list(AMOUNT_QUANTILES), 10_000).alias("_q"),
+        F.round(
+            F.count_if(_accepted() & (F.col(c.TXN_TYPE) == c.RETURN)) / F.greatest(F.count_if(_accepted()), F.lit(1)),
+            4,
+        ).alias("return_share"),
+        F.count_if(_accepted() & F.col(c.IS_EXTREME)).alias("extreme_rows"),
+    )
+    quantiles = [F.col("_q")[i].alias(f"amount_p{int(q * 100):02d}") for i, q in enumerate(AMOUNT_QUANTILES)]
+    return profile.select(
+        F.coalesce(F.col(c.SOURCE), F.lit(ALL_SOURCES)).alias(c.SOURCE),
+        "rows", "accepted", "quarantined",
+        *[f"null_rate_{col}" for col in (c.CUSTOMER_ID, c.PRODUCT_ID, c.QUANTITY, c.UNIT_PRICE, c.EVENT_TS)],
+        "distinct_customers", "first_event_ts", "last_event_ts", *quantiles, "return_share", "extreme_rows",
+    )  # fmt: skip
+
+
+def stored_counts(ids: DataFrame, table: DataFrame, run_id: str) -> DataFrame:
+    """Per source: how many of ``ids`` (txn_id, source) the table holds, and how many of
+    those this run inserted."""
+    held = table.select(c.TXN_ID, F.col(c.RUN_ID).alias("_loaded_by"))
+    return (
+        ids.join(held, on=c.TXN_ID, how="left")
+        .groupBy(c.SOURCE)
+        .agg(
+            F.count("_loaded_by").alias("stored"),
+            F.count_if(F.col("_loaded_by") == run_id).alias("inserted"),
+        )
+    )
+
+
+# --------------------------------------------------------------------------- job
+
+
+def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None = None) -> IngestResult:
     now = now or dt.datetime.now(dt.UTC)
+    policy = cfg.ingest
     if not cfg.sources:
         raise ValueError("ingest.sources lists no source mapping files")
-    canonical = []
+    canonical, empty = [], []
     for src in cfg.sources:
         raw = read_source(spark, src)
+        if raw is None:
+            empty.append(SourceCounts(src.name, 0, 0, 0, 0))
+            continue
         check_mapping(raw, src)
         log.info("source %s: %s %s", src.name, src.format, src.path)
-        canonical.append(raw.transform(canonicalize(src, now)))
+        canonical.append(raw.transform(canonicalize(src, now, policy.quarantine_future)))
+    if not canonical:
+        _write_run_log(spark, cfg, run_id, empty, now)
+        raise ValueError("every configured source is empty: nothing to ingest")
+
     flagged = (
         functools.reduce(DataFrame.unionByName, canonical)
-        .transform(flag_duplicates)
+        .transform(assign_ids(policy.drop_duplicates))
         .withColumn(c.RUN_ID, F.lit(run_id))
+        .transform(flag_extremes(policy.extreme_iqr_factor))
     )
-    # Counting, then writing accepted and quarantined rows, reads the flagged rows three
-    # times; persisting them reads and parses the raw files once.
+    transactions = io.table_ref(cfg.storage, cfg.tables.transactions)
+    quarantine = io.table_ref(cfg.storage, cfg.tables.quarantine)
+    # Counting, profiling and writing read the flagged rows several times; persisting
+    # them reads and parses the raw files once.
     flagged.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        counts = [SourceCounts(**row.asDict()) for row in source_counts(flagged).orderBy(c.SOURCE).collect()]
-        unbalanced = [s for s in counts if not s.balanced]
+        counts = {row[c.SOURCE]: SourceCounts(**row.asDict()) for row in source_counts(flagged).collect()}
+        unbalanced = [s for s in counts.values() if not s.balanced]
         if unbalanced:
-            raise ReconciliationError(f"counts do not add up: {unbalanced}")
-        first_copy = ~F.col(DUPLICATE)
-        accepted = flagged.where(first_copy & F.col(REASON).isNull()).select(*TRANSACTION_COLUMNS)
-        quarantined = flagged.where(first_copy & F.col(REASON).isNotNull()).select(*QUARANTINE_COLUMNS)
-        quarantine = io.table_ref(cfg.storage, cfg.tables.quarantine)
-        io.insert_new(spark, accepted, io.table_ref(cfg.storage, cfg.tables.transactions), [c.TXN_ID])
-        # A row quarantined before (say, as future-dated) and accepted now leaves quarantine,
-        # so that no row is ever in both tables.
+            raise ReconciliationError(f"rows read != accepted + quarantined + duplicates: {unbalanced}")
+        accepted = flagged.where(_accepted()).select(*TRANSACTION_COLUMNS)
+        quarantined = flagged.where(_quarantined()).select(*QUARANTINE_COLUMNS)
+        io.insert_new(spark, accepted, transactions, [c.TXN_ID])
+        # A row quarantined before (say, as future-dated) and accepted now leaves
+        # quarantine, so that no row is ever in both tables.
         io.delete_matching(spark, accepted.select(c.TXN_ID), quarantine, [c.TXN_ID])
         io.insert_new(spark, quarantined, quarantine, [c.TXN_ID])
+        counts = _check_stored(spark, counts, flagged, transactions, quarantine, run_id)
+        io.overwrite(data_profile(flagged), io.table_ref(cfg.storage, cfg.tables.profile))
     finally:
         flagged.unpersist()
-    log_rows = [(run_id, "ingest", s.source, s.rows_read, s.duplicates, s.accepted, s.quarantined, now) for s in counts]
-    run_log = spark.createDataFrame(log_rows, RUN_LOG_SCHEMA)
-    io.append(run_log, io.table_ref(cfg.storage, cfg.tables.run_log))
-    for s in counts:
+
+    all_counts = sorted([*counts.values(), *empty], key=lambda s: s.source)
+    _write_run_log(spark, cfg, run_id, all_counts, now)
+    for s in all_counts:
         log.info(
-            "ingest %s: read %d, accepted %d, quarantined %d, duplicates %d",
-            s.source,
-            s.rows_read,
-            s.accepted,
-            s.quarantined,
-            s.duplicates,
-        )
-    return counts
+            "ingest %s: read %d, accepted %d (%d new), quarantined %d, duplicates %d",
+            s.source, s.rows_read, s.accepted, s.inserted, s.quarantined, s.duplicates,
+        )  # fmt: skip
+    profile = io.read(spark, io.table_ref(cfg.storage, cfg.tables.profile)).orderBy(c.SOURCE).collect()
+    return IngestResult(counts=all_counts, profile=[row.asDict() for row in profile])
 
 
-RUN_LOG_SCHEMA = (
-    "run_id STRING, job STRING, source STRING, rows_read LONG, duplicates LONG, "
-    "accepted LONG, quarantined LONG, logged_at TIMESTAMP"
-)
+def _check_stored(
+    spark: SparkSession,
+    counts: dict[str, SourceCounts],
+    flagged: DataFrame,
+    transactions: io.TableRef,
+    quarantine: io.TableRef,
+    run_id: str,
+) -> dict[str, SourceCounts]:
+    """After the writes: every accepted row is in transactions and every quarantined
+    row in quarantine, or the job fails. Returns the counts with ``inserted`` set."""
+    ids = flagged.select(c.TXN_ID, c.SOURCE)
+    in_txns = {
+        r[c.SOURCE]: r for r in stored_counts(ids.where(_accepted()), io.read(spark, transactions), run_id).collect()
+    }
+    in_quarantine = {
+        r[c.SOURCE]: r["stored"]
+        for r in stored_counts(ids.where(_quarantined()), io.read(spark, quarantine), run_id).collect()
+    }
+    result, missing = {}, []
+    for name, s in counts.items():
+        stored = in_txns[name]["stored"] if name in in_txns else 0
+        if stored != s.accepted or in_quarantine.get(name, 0) != s.quarantined:
+            missing.append(f"{name}: accepted {s.accepted}, stored {stored}; quarantined {s.quarantined}, "
+                           f"stored {in_quarantine.get(name, 0)}")  # fmt: skip
+        result[name] = SourceCounts(**{**vars(s), "inserted": in_txns[name]["inserted"] if name in in_txns else 0})
+    if missing:
+        raise ReconciliationError("rows missing from the tables after the write: " + "; ".join(missing))
+    return result
+
+
+def _write_run_log(spark: SparkSession, cfg: Config, run_id: str, counts: list[SourceCounts], now: dt.datetime) -> None:
+    rows = [
+        (run_id, "ingest", s.source, s.rows_read, s.duplicates, s.accepted, s.quarantined, s.inserted, now)
+        for s in counts
+    ]
+    io.append(spark.createDataFrame(rows, RUN_LOG_SCHEMA), io.table_ref(cfg.storage, cfg.tables.run_log))

@@ -3,118 +3,247 @@
 A source is described by a mapping file in ``conf/sources/`` (see ``SourceConfig``);
 no code changes to onboard one. Every input row comes out of ``canonicalize`` with
 either ``reason`` null (accepted) or a reason code (to be quarantined), together with
-the original row as JSON, so nothing is ever dropped silently.
+the original row, so nothing is ever dropped silently.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
 
 from custseg import columns as c
 from custseg.config import SourceConfig
 from custseg.io import resolve
 
-RAW = "raw"  # the original source row, as JSON text
+log = logging.getLogger(__name__)
+
+RAW = "raw"  # the original source row: the line as read, or the record as JSON
 SOURCE_FILE = "source_file"  # the file a row was read from
 REASON = "reason"  # why a row is quarantined; null when it is accepted
+CONTENT_ID = "content_id"  # hash of the source and the original row
+MALFORMED = "_corrupt_record"  # Spark's column for lines that do not parse
 
 # Reason codes, in the order they are checked: a row gets the first that applies.
+MALFORMED_ROW = "malformed_row"
+INVALID_ENCODING = "invalid_encoding"
 MISSING_CUSTOMER_ID = "missing_customer_id"
 MISSING_INVOICE_ID = "missing_invoice_id"
 BAD_QUANTITY = "unparseable_quantity"
 BAD_UNIT_PRICE = "unparseable_unit_price"
+BAD_LINE_AMOUNT = "unparseable_line_amount"
 BAD_TIMESTAMP = "unparseable_timestamp"
 NON_FINITE_NUMBER = "non_finite_number"
 NON_POSITIVE_PRICE = "non_positive_price"
 ZERO_QUANTITY = "zero_quantity"
 FUTURE_TIMESTAMP = "future_timestamp"
+REASONS = (
+    MALFORMED_ROW, INVALID_ENCODING, MISSING_CUSTOMER_ID, MISSING_INVOICE_ID, BAD_QUANTITY, BAD_UNIT_PRICE,
+    BAD_LINE_AMOUNT, BAD_TIMESTAMP, NON_FINITE_NUMBER, NON_POSITIVE_PRICE, ZERO_QUANTITY, FUTURE_TIMESTAMP,
+)  # fmt: skip
 
 _ITEM = "item"
+_REPLACEMENT_CHAR = "\ufffd"  # what a decoder puts where bytes are not valid in the encoding
 
 
 class SourceError(RuntimeError):
     """A source cannot be read as configured; the message names the source and its file."""
 
 
-def read_source(spark: SparkSession, src: SourceConfig) -> DataFrame:
-    """The raw rows, with every primitive read as text so bad values reach validation."""
-    reader = spark.read.format(src.format).options(**src.options)
-    if src.format == "json":
-        reader = reader.option("primitivesAsString", "true")
+# --------------------------------------------------------------------------- reading
+
+
+def read_source(spark: SparkSession, src: SourceConfig) -> DataFrame | None:
+    """The raw rows with every primitive as text, so bad values reach validation, plus
+    ``source_file`` and, for text formats, ``_corrupt_record`` for lines that do not
+    parse. None when the source's files hold no data at all (e.g. an empty export)."""
+    path = resolve(src.path)
     try:
-        df = reader.load(resolve(src.path))
+        if src.format == "csv":
+            df = _read_csv(spark, src, path)
+        elif src.format == "whitespace":
+            df = _read_whitespace(spark, src, path)
+        else:
+            reader = spark.read.format(src.format).options(**src.options)
+            if src.format == "json":
+                reader = reader.option("primitivesAsString", "true").option("columnNameOfCorruptRecord", MALFORMED)
+            df = reader.load(path)
         df.schema  # noqa: B018 - resolve the schema now, so a bad path fails here
     except AnalysisException as exc:
-        raise SourceError(
-            f"source '{src.name}' ({src.file}): cannot read {src.path}: {str(exc).splitlines()[0]}"
-        ) from None
+        raise SourceError(f"source '{src.name}' ({src.file}): cannot read {src.path}: {_first_line(exc)}") from None
+    if df is None or not [name for name in df.columns if name != MALFORMED]:
+        log.warning("source %s: no data in %s (empty files?)", src.name, src.path)
+        return None
     text = [
-        F.col(f"`{name}`").cast("string").alias(name) if src.format == "csv" else F.col(f"`{name}`")
-        for name in df.columns
-    ]
-    return df.select(*text, F.col("_metadata.file_path").alias(SOURCE_FILE))
+        F.col(f"`{name}`") if name == src.explode or src.format not in ("parquet", "delta")
+        else F.col(f"`{name}`").cast("string").alias(name)
+        for name in df.columns if name != SOURCE_FILE
+    ]  # fmt: skip
+    file_path = F.col(SOURCE_FILE) if SOURCE_FILE in df.columns else F.col("_metadata.file_path").alias(SOURCE_FILE)
+    return df.select(*text, file_path)
 
 
-def canonicalize(src: SourceConfig, now: dt.datetime) -> Callable[[DataFrame], DataFrame]:
+def _read_csv(spark: SparkSession, src: SourceConfig, path: str) -> DataFrame | None:
+    # The header names come from a first, header-only read; the second read declares
+    # them as strings plus a corrupt-record column, so a line with too few or too many
+    # fields is kept and quarantined instead of being padded or truncated in silence.
+    reader = spark.read.options(**src.options)
+    names = reader.csv(path).columns
+    if not names:
+        return None
+    schema = StructType([StructField(n, StringType()) for n in names] + [StructField(MALFORMED, StringType())])
+    return (
+        reader.schema(schema)
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", MALFORMED)
+        .option("enforceSchema", "true")
+        .csv(path)
+    )
+
+
+def _read_whitespace(spark: SparkSession, src: SourceConfig, path: str) -> DataFrame | None:
+    """Columns separated by runs of spaces or tabs, with a header line in every file."""
+    lines = spark.read.options(**{k: v for k, v in src.options.items() if k != "header"}).text(path)
+    first = lines.where(F.trim("value") != "").first()
+    if first is None:
+        return None
+    names = first["value"].split()
+    tokens = F.split(F.trim("value"), r"\s+")
+    is_header = tokens == F.array(*[F.lit(n) for n in names])
+    well_formed = F.size(tokens) == len(names)
+    return lines.where((F.trim("value") != "") & ~is_header).select(
+        *[F.when(well_formed, F.get(tokens, i)).alias(name) for i, name in enumerate(names)],
+        F.when(~well_formed, F.col("value")).alias(MALFORMED),
+        F.col("_metadata.file_path").alias(SOURCE_FILE),
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def check_mapping(df: DataFrame, src: SourceConfig) -> None:
+    """Resolve every mapped expression against the source's schema before any data is
+    processed; a wrong column name fails here, naming the mapping file and key."""
+    if src.explode and src.explode not in df.columns:
+        raise SourceError(f"{src.file}: explode: no column '{src.explode}' in {_data_columns(df)}")
+    rows = _exploded(df, src)
+    checks = {f"columns.{k}": v for k, v in vars(src.columns).items() if v is not None}
+    checks |= {"return_when": src.return_when, "void_when": src.void_when, "non_product_when": src.non_product_when}
+    for key, expr in checks.items():
+        try:
+            rows.select(_mapped(expr, rows.columns)).schema  # noqa: B018 - analysis only, reads no data
+        except AnalysisException as exc:
+            raise SourceError(
+                f"{src.file}: {key}: cannot resolve '{expr}' against the columns {_data_columns(df)}: "
+                f"{_first_line(exc)}"
+            ) from None
+
+
+def _data_columns(df: DataFrame) -> list[str]:
+    return sorted(n for n in df.columns if n not in (MALFORMED, SOURCE_FILE))
+
+
+def _exploded(df: DataFrame, src: SourceConfig) -> DataFrame:
+    if not src.explode:
+        return df
+    kept = [F.col(f"`{n}`") for n in df.columns if n != src.explode]
+    return df.select(*kept, F.explode_outer(F.col(f"`{src.explode}`")).alias(_ITEM))
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+def canonicalize(
+    src: SourceConfig, now: dt.datetime, quarantine_future: bool = True
+) -> Callable[[DataFrame], DataFrame]:
     """Raw source rows -> canonical rows with a quarantine reason.
 
-    Output columns: txn_id, source, customer_id, invoice_id, line_id, product_id,
+    Input: the output of ``read_source``.
+    Output columns: content_id, source, customer_id, invoice_id, line_id, product_id,
     quantity, unit_price, amount, event_ts, store, channel, txn_type, source_file, raw,
     reason.
-    ``txn_id`` hashes the source and the whole original row, so an exact duplicate
-    line gets the same id and a rerun of the same file inserts nothing new.
-    ``now`` bounds timestamps: a transaction after it is quarantined.
+
+    * ``content_id`` hashes the source and the whole original row: an exact duplicate
+      line has the same id, and so does the same line read again in a later run.
+    * ``txn_type``: ``void`` (void_when), ``adjustment`` (non_product_when), ``return``
+      (return_when or a negative quantity) or ``purchase``. Returns get a negative
+      quantity and amount whatever sign the source uses; voids have amount 0;
+      adjustments keep the sign the source gives them.
+    * ``amount`` is the line amount when mapped, else quantity x unit price; a missing
+      unit price is derived from it.
+    * ``now`` bounds timestamps: a later transaction is quarantined when
+      ``quarantine_future``.
     """
 
     def transform(df: DataFrame) -> DataFrame:
-        original = [F.col(f"`{name}`") for name in df.columns if name not in (src.explode, SOURCE_FILE)]
-        if src.explode:
-            rows = df.select(*original, SOURCE_FILE, F.explode_outer(F.col(f"`{src.explode}`")).alias(_ITEM))
-            original = [*original, F.col(_ITEM)]
-        else:
-            rows = df
+        rows = _exploded(df, src)
+        has_malformed = MALFORMED in rows.columns
+        original = [F.col(f"`{n}`") for n in rows.columns if n not in (SOURCE_FILE, MALFORMED)]
         raw = F.to_json(F.struct(*original))
-        cols = src.columns
-        text = {name: _text(expr) for name, expr in vars(cols).items()}
-        quantity = text["quantity"].try_cast("double")
-        unit_price = text["unit_price"].try_cast("double")
-        event_ts = _parse_timestamp(text["event_ts"], src)
+        if has_malformed:
+            raw = F.coalesce(F.col(MALFORMED), raw)
+        malformed = F.col(MALFORMED).isNotNull() if has_malformed else F.lit(False)
+        mapped = {name: _text(expr, rows.columns) for name, expr in vars(src.columns).items()}
+
+        quantity = mapped["quantity"].try_cast("double")
+        stated_price = mapped["unit_price"].try_cast("double")
+        stated_amount = mapped["line_amount"].try_cast("double")
+        line_value = F.abs(F.coalesce(stated_amount, quantity * stated_price))
+        unit_price = F.coalesce(stated_price, F.abs(stated_amount / F.nullif(quantity, F.lit(0.0))))
+        event_ts = _parse_timestamp(mapped["event_ts"], src)
+
         is_void = F.coalesce(F.expr(src.void_when), F.lit(False))
+        is_adjustment = F.coalesce(F.expr(src.non_product_when), F.lit(False))
         is_return = F.coalesce(F.expr(src.return_when), F.lit(False)) | (quantity < 0)
-        txn_type = F.when(is_void, c.VOID).when(is_return, c.RETURN).otherwise(c.PURCHASE)
-        line_value = F.abs(quantity * unit_price)
+        txn_type = (
+            F.when(is_void, c.VOID).when(is_adjustment, c.ADJUSTMENT).when(is_return, c.RETURN).otherwise(c.PURCHASE)
+        )
         amount = (
-            F.when(txn_type == c.PURCHASE, line_value).when(txn_type == c.RETURN, -line_value).otherwise(F.lit(0.0))
+            F.when(txn_type == c.PURCHASE, line_value)
+            .when(txn_type == c.RETURN, -line_value)
+            .when(txn_type == c.ADJUSTMENT, F.coalesce(stated_amount, quantity * stated_price))
+            .otherwise(F.lit(0.0))
         )
+        unparseable = {
+            BAD_QUANTITY: "quantity", BAD_UNIT_PRICE: "unit_price", BAD_LINE_AMOUNT: "line_amount",
+        }  # fmt: skip
+        reason = F.when(malformed, MALFORMED_ROW).when(raw.contains(_REPLACEMENT_CHAR), INVALID_ENCODING)
+        reason = reason.when(mapped["customer_id"].isNull(), MISSING_CUSTOMER_ID)
+        reason = reason.when(mapped["invoice_id"].isNull(), MISSING_INVOICE_ID)
+        for code, name in unparseable.items():
+            parsed = mapped[name].try_cast("double")
+            reason = reason.when(mapped[name].isNotNull() & parsed.isNull(), code)
         reason = (
-            F.when(text["customer_id"].isNull(), MISSING_CUSTOMER_ID)
-            .when(text["invoice_id"].isNull(), MISSING_INVOICE_ID)
-            .when(quantity.isNull(), BAD_QUANTITY)
-            .when(unit_price.isNull(), BAD_UNIT_PRICE)
+            reason.when(quantity.isNull(), BAD_QUANTITY)
+            .when(unit_price.isNull() & stated_amount.isNull(), BAD_UNIT_PRICE)
             .when(event_ts.isNull(), BAD_TIMESTAMP)
-            .when(~_finite(quantity) | ~_finite(unit_price), NON_FINITE_NUMBER)
-            .when(unit_price <= 0, NON_POSITIVE_PRICE)
+            .when(~_finite(quantity) | ~_finite(F.coalesce(unit_price, F.lit(0.0))) | ~_finite(line_value),
+                  NON_FINITE_NUMBER)
+            .when((txn_type != c.ADJUSTMENT) & (F.coalesce(unit_price, F.lit(0.0)) <= 0), NON_POSITIVE_PRICE)
             .when(quantity == 0, ZERO_QUANTITY)
-            .when(event_ts > F.lit(now), FUTURE_TIMESTAMP)
-        )
+        )  # fmt: skip
+        if quarantine_future:
+            reason = reason.when(event_ts > F.lit(now), FUTURE_TIMESTAMP)
+
         return rows.select(
-            F.sha2(F.concat_ws("\u0001", F.lit(src.name), raw), 256).alias(c.TXN_ID),
+            F.sha2(F.concat_ws("\u0001", F.lit(src.name), raw), 256).alias(CONTENT_ID),
             F.lit(src.name).alias(c.SOURCE),
-            text["customer_id"].alias(c.CUSTOMER_ID),
-            text["invoice_id"].alias(c.INVOICE_ID),
-            text["line_id"].alias(c.LINE_ID),
-            text["product_id"].alias(c.PRODUCT_ID),
+            mapped["customer_id"].alias(c.CUSTOMER_ID),
+            mapped["invoice_id"].alias(c.INVOICE_ID),
+            mapped["line_id"].alias(c.LINE_ID),
+            mapped["product_id"].alias(c.PRODUCT_ID),
             F.when(txn_type == c.RETURN, -F.abs(quantity)).otherwise(quantity).alias(c.QUANTITY),
-            unit_price.alias(c.UNIT_PRICE),
+            F.round(unit_price, 4).alias(c.UNIT_PRICE),
             F.round(amount, 2).alias(c.AMOUNT),
             event_ts.alias(c.EVENT_TS),
-            text["store"].alias(c.STORE),
-            F.lit(src.channel).alias(c.CHANNEL),
+            mapped["store"].alias(c.STORE),
+            F.lit(src.channel or src.name).alias(c.CHANNEL),
             txn_type.alias(c.TXN_TYPE),
             F.col(SOURCE_FILE),
             raw.alias(RAW),
@@ -124,11 +253,16 @@ def canonicalize(src: SourceConfig, now: dt.datetime) -> Callable[[DataFrame], D
     return transform
 
 
-def _text(expr: str | None) -> Column:
-    """A mapped value as trimmed text; blank is null. ``expr`` is a column path or SQL."""
+def _mapped(expr: str, columns: Sequence[str]) -> Column:
+    """A column named exactly as written (``Customer ID``), else a SQL expression."""
+    return F.col(f"`{expr}`") if expr in columns else F.expr(expr)
+
+
+def _text(expr: str | None, columns: Sequence[str]) -> Column:
+    """A mapped value as trimmed text; blank is null."""
     if expr is None:
         return F.lit(None).cast("string")
-    value = F.trim(F.expr(expr).cast("string"))
+    value = F.trim(_mapped(expr, columns).cast("string"))
     return F.when(value != "", value)
 
 
@@ -138,28 +272,12 @@ def _finite(x: Column) -> Column:
 
 
 def _parse_timestamp(text: Column, src: SourceConfig) -> Column:
-    if src.timestamp_format is None:
+    if not src.timestamp_formats:
         # ISO 8601: an explicit offset or zone wins; a bare local time is in the source's zone.
         iso = F.upper(text)  # RFC 3339 allows a lower-case t and z; Spark reads upper case
         has_offset = iso.rlike(r"(Z|[+-]\d\d(:?\d\d)?|\s?(UTC|GMT))$")
         parsed = F.try_to_timestamp(iso)
         return F.when(has_offset, parsed).otherwise(F.to_utc_timestamp(parsed, src.timezone))
-    return F.to_utc_timestamp(F.try_to_timestamp(text, F.lit(src.timestamp_format)), src.timezone)
-
-
-def check_mapping(df: DataFrame, src: SourceConfig) -> None:
-    """Resolve every mapped expression against the source's schema before any data is
-    processed; a wrong column name fails here, naming the mapping file and key."""
-    if src.explode and src.explode not in df.columns:
-        raise SourceError(f"{src.file}: explode: no column '{src.explode}' in {sorted(df.columns)}")
-    rows = df.select("*", F.explode_outer(F.col(f"`{src.explode}`")).alias(_ITEM)) if src.explode else df
-    checks = {f"columns.{k}": v for k, v in vars(src.columns).items() if v is not None}
-    checks |= {"return_when": src.return_when, "void_when": src.void_when}
-    for key, expr in checks.items():
-        try:
-            rows.select(F.expr(expr)).schema  # noqa: B018 - analysis only, reads no data
-        except AnalysisException as exc:
-            raise SourceError(
-                f"{src.file}: {key}: cannot resolve '{expr}' against the columns "
-                f"{sorted(df.columns)}: {str(exc).splitlines()[0]}"
-            ) from None
+    # Patterns are tried in order; the first that parses the whole text wins.
+    local = F.coalesce(*[F.try_to_timestamp(text, F.lit(fmt)) for fmt in src.timestamp_formats])
+    return F.to_utc_timestamp(local, src.timezone)
