@@ -11,7 +11,7 @@ from custseg import ingest, io
 from custseg.config import load_source
 from tests.conftest import CONF, ROOT, make_config
 
-NOW = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 DATA = ROOT / "tests" / "data"
 ACCEPTED = (
     "customer_id STRING, invoice_id STRING, product_id STRING, quantity DOUBLE, unit_price DOUBLE, amount DOUBLE, "
