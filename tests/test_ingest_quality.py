@@ -1,0 +1,164 @@
+"""Dirty input: every row is accepted or quarantined with a reason, and the job never
+crashes on a bad file; the cleaning policy's switches; the data profile."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import pytest
+from chispa import assert_approx_df_equality, assert_df_equality
+
+from custseg import ingest, io
+from custseg.sources import SourceError
+from tests.conftest import make_config
+
+NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+HEADER = b"receipt_no,line_no,loyalty_id,sku,qty,unit_price,sold_at,store_id\n"
+GOOD = b"P1,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01\n"
+
+
+def pos_only(tmp_path, *overrides):
+    cfg = make_config(tmp_path, *overrides)
+    return dataclasses.replace(cfg, sources=cfg.sources[:1])
+
+
+def write(path, data: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def table(spark, cfg, name):
+    return io.read(spark, io.table_ref(cfg.storage, getattr(cfg.tables, name)))
+
+
+def assert_reconciled(spark, cfg):
+    run_log = table(spark, cfg, "run_log")
+    assert run_log.where("rows_read != accepted + quarantined + duplicates").count() == 0
+
+
+def test_ingest_broken_files_quarantine_with_reasons_never_crash(spark, tmp_path):
+    cfg = pos_only(tmp_path)
+    pos = tmp_path / "raw" / "pos"
+    write(pos / "a_good.csv", HEADER + GOOD)
+    write(pos / "b_malformed.csv", HEADER + b"P2,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01,EXTRA\nP3,1,0042\n")
+    write(pos / "c_wrong_type.csv", HEADER + b"P4,1,0042,SKU1,two,3.50,2024-06-01 10:00:00,S01\n")
+    write(pos / "d_empty.csv", b"")
+    write(pos / "e_latin1.csv", HEADER + b"P5,1,0042,CAF\xc9,1,3.50,2024-06-01 10:00:00,S01\n")
+
+    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+
+    assert [(s.rows_read, s.accepted, s.quarantined, s.duplicates) for s in counts] == [(5, 1, 4, 0)]
+    expected = spark.createDataFrame(
+        [("P2", "malformed_row"), ("P3", "malformed_row"), ("P4", "unparseable_quantity"), ("P5", "invalid_encoding")],
+        "invoice STRING, reason STRING",
+    )
+    invoice = "coalesce(get_json_object(raw, '$.receipt_no'), substring(raw, 1, 2)) AS invoice"
+    quarantine = table(spark, cfg, "quarantine").selectExpr(invoice, "reason")
+    assert_df_equality(quarantine, expected, ignore_row_order=True, ignore_nullable=True)
+    raw_lines = table(spark, cfg, "quarantine").where("reason = 'malformed_row'").select("raw")
+    expected_raw = spark.createDataFrame(
+        [("P2,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01,EXTRA",), ("P3,1,0042",)], "raw STRING"
+    )
+    assert_df_equality(raw_lines, expected_raw, ignore_row_order=True, ignore_nullable=True)
+    assert_reconciled(spark, cfg)
+
+
+def test_ingest_missing_column_stops_before_reading_naming_file_and_key(spark, tmp_path):
+    cfg = pos_only(tmp_path)
+    write(tmp_path / "raw" / "pos" / "old_layout.csv", b"receipt_no,line_no,loyalty_id,sku,qty,unit_price,sold_at\n")
+    with pytest.raises(SourceError, match=r"demo_pos\.yaml: columns\.store: cannot resolve 'store_id'"):
+        ingest.run(spark, cfg, "run-1", now=NOW)
+    assert not io.exists(spark, io.table_ref(cfg.storage, cfg.tables.transactions))
+
+
+def test_ingest_empty_source_is_logged_with_zero_rows(spark, tmp_path):
+    cfg = make_config(tmp_path)
+    write(tmp_path / "raw" / "pos" / "a.csv", HEADER + GOOD)
+    write(tmp_path / "raw" / "web" / "empty.jsonl", b"")
+    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+    assert [(s.source, s.rows_read, s.accepted) for s in counts] == [("pos", 1, 1), ("web", 0, 0)]
+    assert_reconciled(spark, cfg)
+
+
+def test_ingest_keep_duplicates_policy_keeps_every_copy_idempotently(spark, tmp_path):
+    cfg = pos_only(tmp_path, "ingest.drop_duplicates=false")
+    write(tmp_path / "raw" / "pos" / "a.csv", HEADER + GOOD + GOOD)
+    ingest.run(spark, cfg, "run-1", now=NOW)
+    ingest.run(spark, cfg, "run-2", now=NOW)
+    assert table(spark, cfg, "transactions").count() == 2
+    assert_reconciled(spark, cfg)
+
+
+def test_ingest_future_rows_accepted_when_policy_allows(spark, tmp_path):
+    cfg = pos_only(tmp_path, "ingest.quarantine_future=false")
+    write(tmp_path / "raw" / "pos" / "a.csv", HEADER + b"P9,1,0042,SKU1,1,3.50,2031-01-01 10:00:00,S01\n")
+    ingest.run(spark, cfg, "run-1", now=NOW)
+    assert table(spark, cfg, "transactions").count() == 1
+
+
+def test_flag_extremes_marks_amounts_beyond_the_far_fence(spark):
+    # log1p amounts of 9 rows around 10 and one of 100000: Q1 = Q3 = log1p(10), IQR 0,
+    # so the fence is log1p(10) itself; only the outlier is beyond it.
+    rows = [("pos", 10.0, None, False)] * 9 + [("pos", 100000.0, None, False), ("pos", 5e6, "bad", False)]
+    df = spark.createDataFrame(rows, "source STRING, amount DOUBLE, reason STRING, is_duplicate BOOLEAN")
+    flagged = df.transform(ingest.flag_extremes(3.0)).select("amount", "is_extreme")
+    expected = spark.createDataFrame(
+        [(10.0, False)] * 9 + [(100000.0, True), (5e6, True)], "amount DOUBLE, is_extreme BOOLEAN"
+    )
+    assert_df_equality(flagged, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_data_profile_per_source_and_all(spark):
+    schema = (
+        "source STRING, customer_id STRING, product_id STRING, quantity DOUBLE, unit_price DOUBLE, amount DOUBLE, "
+        "event_ts TIMESTAMP, txn_type STRING, is_extreme BOOLEAN, reason STRING, is_duplicate BOOLEAN"
+    )
+    t1, t2, t3 = (dt.datetime(2024, 1, d) for d in (1, 2, 3))
+    rows = [
+        ("pos", "a", "p", 1.0, 10.0, 10.0, t1, "purchase", False, None, False),
+        ("pos", "a", "p", 1.0, 10.0, 10.0, t1, "purchase", False, None, True),  # duplicate: not profiled
+        ("pos", None, "p", 1.0, 30.0, 30.0, t2, "purchase", False, "missing_customer_id", False),
+        ("web", "b", None, -1.0, 20.0, -20.0, t3, "return", False, None, False),
+        ("web", "c", "q", 2.0, 10.0, 20.0, t2, "purchase", True, None, False),
+    ]
+    profile = ingest.data_profile(spark.createDataFrame(rows, schema)).select(
+        "source", "rows", "accepted", "quarantined", "null_rate_customer_id", "null_rate_product_id",
+        "distinct_customers", "first_event_ts", "last_event_ts", "amount_p50", "return_share", "extreme_rows",
+    )  # fmt: skip
+    expected = spark.createDataFrame(
+        [
+            ("pos", 2, 1, 1, 0.5, 0.0, 1, t1, t1, 10.0, 0.0, 0),
+            ("web", 2, 2, 0, 0.0, 0.5, 2, t2, t3, 20.0, 0.5, 1),
+            ("ALL", 4, 3, 1, 0.25, 0.25, 3, t1, t3, 10.0, 0.3333, 1),
+        ],
+        "source STRING, rows LONG, accepted LONG, quarantined LONG, null_rate_customer_id DOUBLE, "
+        "null_rate_product_id DOUBLE, distinct_customers LONG, first_event_ts TIMESTAMP, last_event_ts TIMESTAMP, "
+        "amount_p50 DOUBLE, return_share DOUBLE, extreme_rows LONG",
+    )
+    assert_approx_df_equality(profile, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_ingest_parquet_and_delta_sources(spark, tmp_path):
+    base = make_config(tmp_path)
+    pos = base.sources[0]
+    rows = spark.createDataFrame(
+        [("P1", 1, "0042", "SKU1", 2, 3.5, "2024-06-01 10:00:00", "S01")],
+        "receipt_no STRING, line_no INT, loyalty_id STRING, sku STRING, qty INT, unit_price DOUBLE, sold_at STRING, "
+        "store_id STRING",
+    )
+    rows.write.parquet(str(tmp_path / "pq"))
+    rows.write.format("delta").save(str(tmp_path / "dl"))
+    sources = (
+        dataclasses.replace(pos, name="pq", format="parquet", path=str(tmp_path / "pq")),
+        dataclasses.replace(pos, name="dl", format="delta", path=str(tmp_path / "dl")),
+    )
+    cfg = dataclasses.replace(base, sources=sources)
+    ingest.run(spark, cfg, "run-1", now=NOW)
+    expected = spark.createDataFrame(
+        [("dl", "0042", 2.0, 3.5, 7.0), ("pq", "0042", 2.0, 3.5, 7.0)],
+        "source STRING, customer_id STRING, quantity DOUBLE, unit_price DOUBLE, amount DOUBLE",
+    )
+    actual = table(spark, cfg, "transactions").select(*expected.columns)
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    assert_reconciled(spark, cfg)
