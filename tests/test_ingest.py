@@ -129,3 +129,26 @@ def test_ingest_row_quarantined_as_future_moves_to_transactions_when_due(spark, 
     expected = spark.createDataFrame([("missing_customer_id",), ("unparseable_quantity",)], "reason STRING")
     assert in_both == 0
     assert_df_equality(reasons, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_ingest_rerun_after_crash_part_way_completes_without_duplicates(spark, tmp_path, monkeypatch):
+    cfg = make_config(tmp_path)
+    write_sources(tmp_path / "raw")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("driver lost")
+
+    # Crash after transactions are written, before quarantine and the run log.
+    with monkeypatch.context() as patch:
+        patch.setattr(io, "delete_matching", crash)
+        with pytest.raises(RuntimeError, match="driver lost"):
+            ingest.run(spark, cfg, "run-1", now=NOW)
+    assert not io.exists(spark, io.table_ref(cfg.storage, cfg.tables.quarantine))
+
+    counts = ingest.run(spark, cfg, "run-2", now=NOW).counts
+
+    txns = io.read(spark, io.table_ref(cfg.storage, cfg.tables.transactions))
+    assert txns.count() == txns.select("txn_id").distinct().count() == 5
+    assert [(s.accepted, s.inserted, s.quarantined) for s in counts] == [(3, 0, 2), (2, 0, 0)]
+    run_log = io.read(spark, io.table_ref(cfg.storage, cfg.tables.run_log))
+    assert_df_equality(run_log.select("run_id").distinct(), spark.createDataFrame([("run-2",)], "run_id STRING"))

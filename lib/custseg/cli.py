@@ -102,7 +102,7 @@ def print_summary(spark: SparkSession, cfg: Config) -> None:
     summary = model.segment_summary(labels, feats).orderBy(c.SEGMENT_ID).toPandas()  # one row per segment
     print(f"\nSegments ({len(summary)} incl. -1 = no purchase before the as-of date, if any):")
     print(summary.to_string(index=False))
-    for key in ("labels", "k_sweep", "features", "transactions", "quarantine", "run_log"):
+    for key in ("labels", "k_sweep", "features", "transactions", "quarantine", "run_log", "profile"):
         print(f"  {key:<13} {io.table_ref(cfg.storage, getattr(cfg.tables, key))}")
 
 
