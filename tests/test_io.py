@@ -34,3 +34,16 @@ def test_insert_new_is_idempotent_on_keys(spark, tmp_path):
 def test_table_ref_catalog_mode_uses_database_name():
     ref = io.table_ref(StorageConfig(mode="catalog", root="ignored", database="main.custseg"), "segment_labels")
     assert ref.identifier == "main.custseg.segment_labels" and ref.path is None
+
+
+def test_insert_new_and_append_add_columns_new_to_the_table(spark, tmp_path):
+    ref = io.table_ref(StorageConfig(mode="path", root=str(tmp_path), database=None), "t")
+    log_ref = io.table_ref(StorageConfig(mode="path", root=str(tmp_path), database=None), "log")
+    io.insert_new(spark, spark.createDataFrame([(1, "a")], SCHEMA), ref, ["id"])
+    io.append(spark.createDataFrame([(1, "a")], SCHEMA), log_ref)
+    wider = spark.createDataFrame([(2, "b", True)], "id LONG, name STRING, flag BOOLEAN")
+    io.insert_new(spark, wider, ref, ["id"])
+    io.append(wider, log_ref)
+    expected = spark.createDataFrame([(1, "a", None), (2, "b", True)], "id LONG, name STRING, flag BOOLEAN")
+    assert_df_equality(io.read(spark, ref), expected, ignore_row_order=True)
+    assert_df_equality(io.read(spark, log_ref), expected, ignore_row_order=True)

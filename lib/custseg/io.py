@@ -62,10 +62,12 @@ def delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
     return DeltaTable.forPath(spark, ref.path)
 
 
-def _save(df: DataFrame, ref: TableRef, mode: str, overwrite_schema: bool = False) -> None:
+def _save(df: DataFrame, ref: TableRef, mode: str, overwrite_schema: bool = False, merge_schema: bool = False) -> None:
     writer = df.write.format("delta").mode(mode)
     if overwrite_schema:
         writer = writer.option("overwriteSchema", "true")
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     if ref.identifier:
         writer.saveAsTable(ref.identifier)
     else:
@@ -79,7 +81,8 @@ def overwrite(df: DataFrame, ref: TableRef) -> None:
 
 
 def append(df: DataFrame, ref: TableRef) -> None:
-    _save(df, ref, "append")
+    """Append rows; columns new to the table are added (older rows read them as null)."""
+    _save(df, ref, "append", merge_schema=True)
 
 
 def insert_new(spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str]) -> None:
@@ -93,7 +96,9 @@ def insert_new(spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence
         _save(df, ref, "errorifexists")
         return
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-    (delta_table(spark, ref).alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute())
+    # A table written by an older release gains the columns added since (older rows: null).
+    merge = delta_table(spark, ref).alias("t").merge(df.alias("s"), condition).withSchemaEvolution()
+    merge.whenNotMatchedInsertAll().execute()
     log.info("merged into %s on %s", ref, ", ".join(keys))
 
 
