@@ -274,3 +274,16 @@ def test_canonicalize_iso_timestamps_apply_an_offset_once_and_zone_only_without_
     actual = raw.transform(canonicalize(london, NOW)).select("event_ts").distinct()
     expected = spark.createDataFrame([(dt.datetime(2024, 6, 1, 9),)], "event_ts TIMESTAMP")
     assert_df_equality(actual, expected, ignore_nullable=True)
+
+
+def test_check_mapping_rejects_bad_sql_and_bad_timestamp_pattern(spark):
+    raw = spark.createDataFrame([("P1",)], "receipt_no STRING").selectExpr(
+        "*", "'1' AS line_no", "'1' AS loyalty_id", "'s' AS sku", "'1' AS qty", "'1' AS unit_price",
+        "'x' AS sold_at", "'s' AS store_id",
+    )  # fmt: skip
+    with pytest.raises(SourceError, match=r"demo_pos\.yaml: return_when: cannot resolve 'receipt_no LIKE \(\('R%''"):
+        check_mapping(raw, dataclasses.replace(POS, return_when="receipt_no LIKE (('R%'"))
+    with pytest.raises(SourceError, match=r"demo_pos\.yaml: void_when: 'receipt_no' is not a true/false condition"):
+        check_mapping(raw, dataclasses.replace(POS, void_when="receipt_no"))
+    with pytest.raises(SourceError, match=r"demo_pos\.yaml: timestamp_formats\[1\]: 'yyyy-bb' is not a valid"):
+        check_mapping(raw, dataclasses.replace(POS, timestamp_formats=["yyyyMMdd", "yyyy-bb"]))

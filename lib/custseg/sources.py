@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 
-from pyspark.errors import AnalysisException
+from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
@@ -137,11 +137,25 @@ def check_mapping(df: DataFrame, src: SourceConfig) -> None:
     checks |= {"return_when": src.return_when, "void_when": src.void_when, "non_product_when": src.non_product_when}
     for key, expr in checks.items():
         try:
-            rows.select(_mapped(expr, rows.columns)).schema  # noqa: B018 - analysis only, reads no data
-        except AnalysisException as exc:
+            resolved = rows.select(_mapped(expr, rows.columns)).schema.fields[0]  # analysis only, reads no data
+        except PySparkException as exc:
             raise SourceError(
                 f"{src.file}: {key}: cannot resolve '{expr}' against the columns {_data_columns(df)}: "
                 f"{_first_line(exc)}"
+            ) from None
+        if key.endswith("_when") and resolved.dataType.typeName() != "boolean":
+            raise SourceError(
+                f"{src.file}: {key}: '{expr}' is not a true/false condition "
+                f"(it gives {resolved.dataType.simpleString()})"
+            )
+    for i, fmt in enumerate(src.timestamp_formats):
+        # A bad pattern only fails when a value is parsed: try it on one literal now.
+        probe = df.sparkSession.range(1).select(F.try_to_timestamp(F.lit("2000-01-01"), F.lit(fmt)))
+        try:
+            probe.collect()
+        except PySparkException as exc:
+            raise SourceError(
+                f"{src.file}: timestamp_formats[{i}]: '{fmt}' is not a valid pattern: {_first_line(exc)}"
             ) from None
 
 
