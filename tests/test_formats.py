@@ -44,11 +44,12 @@ def test_online_retail_mapping_ingests_uci_layout(spark, tmp_path):
         ("14527", "C536379", "D", -1.0, 27.5, -27.5, ts("2010-12-01 09:41"), uk, "adjustment"),
         ("15311", "C536383", "35004C", -1.0, 4.65, -4.65, ts("2010-12-01 09:49"), uk, "return"),
         ("13047", "537000", "21000", 2.0, 1.25, 2.5, ts("2010-12-02 10:00"), uk, "purchase"),
+        ("13047", "537001", "21001", 1.0, 4.95, 4.95, ts("2010-12-02 10:05"), uk, "purchase"),  # "" inside quotes
     ], ACCEPTED)  # fmt: skip
     assert_df_equality(txns.select(*expected.columns), expected, ignore_row_order=True, ignore_nullable=True)
     reasons = spark.createDataFrame([("missing_customer_id",)] * 3, "reason STRING")
     assert_df_equality(quarantine.select("reason"), reasons, ignore_row_order=True, ignore_nullable=True)
-    expected_log = spark.createDataFrame([("online_retail", 12, 1, 8, 3)], LOG)
+    expected_log = spark.createDataFrame([("online_retail", 13, 1, 9, 3)], LOG)
     assert_df_equality(run_log.select(*expected_log.columns), expected_log, ignore_nullable=True)
 
 
@@ -78,9 +79,13 @@ def test_legacy_whitespace_mapping_keeps_leading_zeros_and_derives_unit_price(sp
         ("00003", "00003-19970102", None, 2.0, 10.38, 20.76, ts("1997-01-02 00:00"), None, "purchase"),
         ("00003", "00003-19970330", None, 2.0, 10.38, 20.76, ts("1997-03-30 00:00"), None, "purchase"),
         ("00003", "00003-19970402", None, 2.0, 9.77, 19.54, ts("1997-04-02 00:00"), None, "purchase"),
+        # a refund written as a negative amount is a return
+        ("00005", "00005-19970106", None, -1.0, 11.77, -11.77, ts("1997-01-06 00:00"), None, "return"),
     ], ACCEPTED)  # fmt: skip
     assert_df_equality(txns.select(*expected.columns), expected, ignore_row_order=True, ignore_nullable=True)
-    assert quarantine.count() == 0
-    # the last line repeats the one before it with other spacing: the same values, a duplicate
-    expected_log = spark.createDataFrame([("legacy", 7, 1, 6, 0)], LOG)
+    # tab-separated with a trailing tab parses; zero units is quarantined
+    reasons = spark.createDataFrame([("zero_quantity",)], "reason STRING")
+    assert_df_equality(quarantine.select("reason"), reasons, ignore_nullable=True)
+    # line 7 repeats line 6 with other spacing: the same values, a duplicate
+    expected_log = spark.createDataFrame([("legacy", 9, 1, 7, 1)], LOG)
     assert_df_equality(run_log.select(*expected_log.columns), expected_log, ignore_nullable=True)

@@ -23,6 +23,14 @@ def pos_only(tmp_path, *overrides):
     return dataclasses.replace(cfg, sources=cfg.sources[:1])
 
 
+def web_without_positions(cfg):
+    """The web mapping for exports whose items carry no position."""
+    web = cfg.sources[1]
+    return dataclasses.replace(
+        cfg, sources=(dataclasses.replace(web, columns=dataclasses.replace(web.columns, line_id=None)),)
+    )
+
+
 def write(path, data: bytes):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -161,4 +169,54 @@ def test_ingest_parquet_and_delta_sources(spark, tmp_path):
     )
     actual = table(spark, cfg, "transactions").select(*expected.columns)
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    assert_reconciled(spark, cfg)
+
+
+def test_ingest_csv_files_with_columns_in_another_order_fail_loudly(spark, tmp_path):
+    cfg = pos_only(tmp_path)
+    write(tmp_path / "raw" / "pos" / "a.csv", HEADER + GOOD)
+    swapped = b"receipt_no,line_no,loyalty_id,sku,unit_price,qty,sold_at,store_id\nP2,1,0042,SKU1,9.99,1,2024-06-01 10:00:00,S01\n"
+    write(tmp_path / "raw" / "pos" / "b.csv", swapped)
+    with pytest.raises(Exception, match=r"(?i)header"):
+        ingest.run(spark, cfg, "run-1", now=NOW)
+    assert not io.exists(spark, io.table_ref(cfg.storage, cfg.tables.transactions))
+
+
+def test_ingest_json_that_is_not_json_lines_is_a_clear_error(spark, tmp_path):
+    cfg = make_config(tmp_path)
+    cfg = dataclasses.replace(cfg, sources=cfg.sources[1:])
+    write(tmp_path / "raw" / "web" / "pretty.json", b'{\n  "order_id": "W1",\n  "items": []\n}\n')
+    with pytest.raises(SourceError, match=r"source 'web' .*no line .* parses as json.*multiLine"):
+        ingest.run(spark, cfg, "run-1", now=NOW)
+
+
+def test_ingest_identical_items_of_one_order_are_two_lines(spark, tmp_path):
+    cfg = web_without_positions(make_config(tmp_path))
+    order = (
+        b'{"order_id":"W1","customer":{"id":"7"},"created_at":"2024-03-01T10:00:00Z","kind":"order",'
+        b'"status":"completed","items":[{"sku":"X","quantity":1,"price":2.0},{"sku":"X","quantity":1,"price":2.0}]}\n'
+    )
+    write(tmp_path / "raw" / "web" / "a.jsonl", order)
+    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+    assert [(s.rows_read, s.accepted, s.duplicates) for s in counts] == [(2, 2, 0)]
+
+
+def test_ingest_switching_duplicate_policy_does_not_load_a_line_twice(spark, tmp_path):
+    write(tmp_path / "raw" / "pos" / "a.csv", HEADER + GOOD + GOOD)
+    ingest.run(spark, pos_only(tmp_path), "run-1", now=NOW)
+    cfg = pos_only(tmp_path, "ingest.drop_duplicates=false")
+    ingest.run(spark, cfg, "run-2", now=NOW)
+    assert table(spark, cfg, "transactions").count() == 2  # the first copy once, the second copy once
+
+
+def test_ingest_empty_csv_source_is_logged_with_zero_rows(spark, tmp_path):
+    base = make_config(tmp_path)
+    cfg = dataclasses.replace(base, sources=(base.sources[0], web_without_positions(base).sources[0]))
+    write(tmp_path / "raw" / "pos" / "empty.csv", b"")
+    write(
+        tmp_path / "raw" / "web" / "a.jsonl",
+        b'{"order_id":"W1","customer":{"id":"7"},"created_at":"2024-03-01T10:00:00Z","kind":"order","status":"completed","items":[{"sku":"X","quantity":1,"price":2.0}]}\n',
+    )
+    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+    assert [(s.source, s.rows_read, s.accepted) for s in counts] == [("pos", 0, 0), ("web", 1, 1)]
     assert_reconciled(spark, cfg)

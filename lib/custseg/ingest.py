@@ -83,7 +83,10 @@ def assign_ids(drop_duplicates: bool) -> Callable[[DataFrame], DataFrame]:
         occurrence = F.row_number().over(by_content)
         if drop_duplicates:
             return df.select("*", F.col(CONTENT_ID).alias(c.TXN_ID), (occurrence > 1).alias(DUPLICATE))
-        txn_id = F.sha2(F.concat_ws("#", F.col(CONTENT_ID), occurrence.cast("string")), 256)
+        # The first copy keeps the content id in both modes, so switching the policy
+        # between runs does not load the same line twice.
+        later_copy = F.sha2(F.concat_ws("#", F.col(CONTENT_ID), occurrence.cast("string")), 256)
+        txn_id = F.when(occurrence == 1, F.col(CONTENT_ID)).otherwise(later_copy)
         return df.select("*", txn_id.alias(c.TXN_ID), F.lit(False).alias(DUPLICATE))
 
     return transform

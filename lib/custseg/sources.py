@@ -39,15 +39,16 @@ BAD_UNIT_PRICE = "unparseable_unit_price"
 BAD_LINE_AMOUNT = "unparseable_line_amount"
 BAD_TIMESTAMP = "unparseable_timestamp"
 NON_FINITE_NUMBER = "non_finite_number"
-NON_POSITIVE_PRICE = "non_positive_price"
 ZERO_QUANTITY = "zero_quantity"
+NON_POSITIVE_PRICE = "non_positive_price"
 FUTURE_TIMESTAMP = "future_timestamp"
 REASONS = (
     MALFORMED_ROW, INVALID_ENCODING, MISSING_CUSTOMER_ID, MISSING_INVOICE_ID, BAD_QUANTITY, BAD_UNIT_PRICE,
-    BAD_LINE_AMOUNT, BAD_TIMESTAMP, NON_FINITE_NUMBER, NON_POSITIVE_PRICE, ZERO_QUANTITY, FUTURE_TIMESTAMP,
+    BAD_LINE_AMOUNT, BAD_TIMESTAMP, NON_FINITE_NUMBER, ZERO_QUANTITY, NON_POSITIVE_PRICE, FUTURE_TIMESTAMP,
 )  # fmt: skip
 
 _ITEM = "item"
+_ITEM_INDEX = "item_index"
 _REPLACEMENT_CHAR = "\ufffd"  # what a decoder puts where bytes are not valid in the encoding
 
 
@@ -73,12 +74,19 @@ def read_source(spark: SparkSession, src: SourceConfig) -> DataFrame | None:
             if src.format == "json":
                 reader = reader.option("primitivesAsString", "true").option("columnNameOfCorruptRecord", MALFORMED)
             df = reader.load(path)
-        df.schema  # noqa: B018 - resolve the schema now, so a bad path fails here
+        if df is not None:
+            df.schema  # noqa: B018 - resolve the schema now, so a bad path fails here
     except AnalysisException as exc:
         raise SourceError(f"source '{src.name}' ({src.file}): cannot read {src.path}: {_first_line(exc)}") from None
-    if df is None or not [name for name in df.columns if name != MALFORMED]:
+    if df is None or not df.columns:
         log.warning("source %s: no data in %s (empty files?)", src.name, src.path)
         return None
+    if df.columns == [MALFORMED]:
+        raise SourceError(
+            f"source '{src.name}' ({src.file}): no line of {src.path} parses as {src.format}; "
+            "JSON sources must hold one object per line (for pretty-printed files or arrays set "
+            'options.multiLine: "true")'
+        )
     text = [
         F.col(f"`{name}`") if name == src.explode or src.format not in ("parquet", "delta")
         else F.col(f"`{name}`").cast("string").alias(name)
@@ -101,7 +109,9 @@ def _read_csv(spark: SparkSession, src: SourceConfig, path: str) -> DataFrame | 
         reader.schema(schema)
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", MALFORMED)
-        .option("enforceSchema", "true")
+        # Check every file's header against the names: files whose columns are in another
+        # order fail loudly instead of being mapped by position.
+        .option("enforceSchema", "false")
         .csv(path)
     )
 
@@ -109,14 +119,15 @@ def _read_csv(spark: SparkSession, src: SourceConfig, path: str) -> DataFrame | 
 def _read_whitespace(spark: SparkSession, src: SourceConfig, path: str) -> DataFrame | None:
     """Columns separated by runs of spaces or tabs, with a header line in every file."""
     lines = spark.read.options(**{k: v for k, v in src.options.items() if k != "header"}).text(path)
-    first = lines.where(F.trim("value") != "").first()
+    stripped = F.regexp_replace("value", r"^\s+|\s+$", "")  # trim() strips spaces only, not tabs
+    first = lines.where(stripped != "").first()
     if first is None:
         return None
     names = first["value"].split()
-    tokens = F.split(F.trim("value"), r"\s+")
+    tokens = F.split(stripped, r"\s+")
     is_header = tokens == F.array(*[F.lit(n) for n in names])
     well_formed = F.size(tokens) == len(names)
-    return lines.where((F.trim("value") != "") & ~is_header).select(
+    return lines.where((stripped != "") & ~is_header).select(
         *[F.when(well_formed, F.get(tokens, i)).alias(name) for i, name in enumerate(names)],
         F.when(~well_formed, F.col("value")).alias(MALFORMED),
         F.col("_metadata.file_path").alias(SOURCE_FILE),
@@ -164,10 +175,12 @@ def _data_columns(df: DataFrame) -> list[str]:
 
 
 def _exploded(df: DataFrame, src: SourceConfig) -> DataFrame:
+    """One row per element of the ``explode`` array, as ``item``, with its position as
+    ``item_index`` (so two identical items of one order stay two lines)."""
     if not src.explode:
         return df
     kept = [F.col(f"`{n}`") for n in df.columns if n != src.explode]
-    return df.select(*kept, F.explode_outer(F.col(f"`{src.explode}`")).alias(_ITEM))
+    return df.select(*kept, F.posexplode_outer(F.col(f"`{src.explode}`")).alias(_ITEM_INDEX, _ITEM))
 
 
 # --------------------------------------------------------------------------- mapping
@@ -186,7 +199,7 @@ def canonicalize(
     * ``content_id`` hashes the source and the whole original row: an exact duplicate
       line has the same id, and so does the same line read again in a later run.
     * ``txn_type``: ``void`` (void_when), ``adjustment`` (non_product_when), ``return``
-      (return_when or a negative quantity) or ``purchase``. Returns get a negative
+      (return_when, a negative quantity or a negative line amount) or ``purchase``. Returns get a negative
       quantity and amount whatever sign the source uses; voids have amount 0;
       adjustments keep the sign the source gives them.
     * ``amount`` is the line amount when mapped, else quantity x unit price; a missing
@@ -214,7 +227,11 @@ def canonicalize(
 
         is_void = F.coalesce(F.expr(src.void_when), F.lit(False))
         is_adjustment = F.coalesce(F.expr(src.non_product_when), F.lit(False))
-        is_return = F.coalesce(F.expr(src.return_when), F.lit(False)) | (quantity < 0)
+        is_return = (
+            F.coalesce(F.expr(src.return_when), F.lit(False))
+            | (quantity < 0)
+            | F.coalesce(stated_amount < 0, F.lit(False))
+        )
         txn_type = (
             F.when(is_void, c.VOID).when(is_adjustment, c.ADJUSTMENT).when(is_return, c.RETURN).otherwise(c.PURCHASE)
         )
@@ -239,8 +256,8 @@ def canonicalize(
             .when(event_ts.isNull(), BAD_TIMESTAMP)
             .when(~_finite(quantity) | ~_finite(F.coalesce(unit_price, F.lit(0.0))) | ~_finite(line_value),
                   NON_FINITE_NUMBER)
-            .when((txn_type != c.ADJUSTMENT) & (F.coalesce(unit_price, F.lit(0.0)) <= 0), NON_POSITIVE_PRICE)
             .when(quantity == 0, ZERO_QUANTITY)
+            .when((txn_type != c.ADJUSTMENT) & (F.coalesce(unit_price, F.lit(0.0)) <= 0), NON_POSITIVE_PRICE)
         )  # fmt: skip
         if quarantine_future:
             reason = reason.when(event_ts > F.lit(now), FUTURE_TIMESTAMP)
