@@ -175,7 +175,10 @@ def test_ingest_parquet_and_delta_sources(spark, tmp_path):
 def test_ingest_csv_files_with_columns_in_another_order_fail_loudly(spark, tmp_path):
     cfg = pos_only(tmp_path)
     write(tmp_path / "raw" / "pos" / "a.csv", HEADER + GOOD)
-    swapped = b"receipt_no,line_no,loyalty_id,sku,unit_price,qty,sold_at,store_id\nP2,1,0042,SKU1,9.99,1,2024-06-01 10:00:00,S01\n"
+    swapped = (
+        b"receipt_no,line_no,loyalty_id,sku,unit_price,qty,sold_at,store_id\n"
+        b"P2,1,0042,SKU1,9.99,1,2024-06-01 10:00:00,S01\n"
+    )
     write(tmp_path / "raw" / "pos" / "b.csv", swapped)
     with pytest.raises(Exception, match=r"(?i)header"):
         ingest.run(spark, cfg, "run-1", now=NOW)
