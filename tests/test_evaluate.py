@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from custseg.evaluate import SweepPoint, adjusted_rand_index, choose_k, elbow_k, silhouette_k
+from custseg.evaluate import SweepPoint, adjusted_rand_index, choose_k, cluster_indices, elbow_k, silhouette_k
 
 
 def test_adjusted_rand_index_worked_example(spark):
@@ -39,3 +39,31 @@ def test_silhouette_k_prefers_smallest_k_within_tolerance():
 def test_choose_k_rejects_unknown_rule():
     with pytest.raises(ValueError, match="unknown k selection rule"):
         choose_k(CURVE, "gap", 0.0)
+
+
+def _points():
+    """60 points in three loose groups in 3-D, with labels that are not all correct."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    centres = np.array([[0.0, 0.0, 0.0], [4.0, 1.0, -2.0], [1.0, 5.0, 3.0]])
+    x = np.vstack([c + rng.normal(scale=1.2, size=(20, 3)) for c in centres])
+    labels = np.repeat([0, 1, 2], 20)
+    labels[[3, 27, 45]] = [1, 2, 0]  # a few misassigned points
+    return x, labels
+
+
+def test_cluster_indices_match_scikit_learn(spark):
+    from pyspark.ml.functions import array_to_vector
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+
+    x, labels = _points()
+    df = spark.createDataFrame(
+        [(int(label), [float(v) for v in row]) for row, label in zip(x, labels, strict=True)],
+        "cluster INT, x ARRAY<DOUBLE>",
+    ).select("cluster", array_to_vector("x").alias("features"))
+    got = cluster_indices(df, "features", "cluster")
+    wcss = sum(((x[labels == c] - x[labels == c].mean(axis=0)) ** 2).sum() for c in range(3))
+    assert got.wcss == pytest.approx(wcss, rel=1e-6)
+    assert got.calinski_harabasz == pytest.approx(calinski_harabasz_score(x, labels), rel=1e-6)
+    assert got.davies_bouldin == pytest.approx(davies_bouldin_score(x, labels), rel=1e-6)

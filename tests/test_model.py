@@ -116,3 +116,44 @@ def test_same_seed_gives_same_labels_whatever_the_input_partitioning(spark, tmp_
     first = model.label(*_fit(spark, one, cfg, "a"), "a").select("customer_id", "segment_id")
     second = model.label(*_fit(spark, five, cfg, "b"), "b").select("customer_id", "segment_id")
     assert_df_equality(first, second, ignore_row_order=True)
+
+
+def noisy_blobs(spark):
+    """90 customers in three groups with realistic spread (a mixture needs variance)."""
+    centres = "array(array(5D, 30D, 3000D, 100D), array(100D, 8D, 800D, 100D), array(300D, 1D, 20D, 20D))"
+    names = "array('hi', 'mid', 'lo')"
+    return spark.range(0, 90, 1, 2).selectExpr(
+        "CAST(id AS STRING) AS customer_id",
+        f"{names}[CAST(id % 3 AS INT)] AS truth",
+        f"{centres}[CAST(id % 3 AS INT)] AS c",
+    ).selectExpr(
+        "customer_id", "truth",
+        "CAST(c[0] * exp(0.15 * randn(1)) AS INT) AS recency_days",
+        "GREATEST(1, CAST(c[1] * exp(0.15 * randn(2)) AS LONG)) AS frequency",
+        "c[2] * exp(0.15 * randn(3)) AS monetary",
+        "c[3] * exp(0.15 * randn(4)) AS avg_order_value",
+        "DATE'2024-07-01' AS as_of_date",
+    )  # fmt: skip
+
+
+def test_bisecting_kmeans_recovers_obvious_groups(spark, tmp_path):
+    cfg = make_config(tmp_path, "segment.algorithm=bisecting_kmeans", "segment.k=3")
+    feats = noisy_blobs(spark).cache()
+    fitted, result = model.fit(spark, feats, cfg, "r1")
+    labels = model.label(fitted, feats, cfg, result, "r1")
+    assert result.model_version.startswith("bisecting_kmeans-k3-")
+    by_truth = labels.join(feats.select("customer_id", "truth"), "customer_id", "inner").select("truth", "segment_id")
+    expected = spark.createDataFrame([("hi", 0), ("mid", 1), ("lo", 2)], "truth STRING, segment_id INT")
+    assert_df_equality(by_truth.distinct(), expected, ignore_row_order=True, ignore_nullable=True)
+    point = result.sweep[0]
+    assert point.calinski_harabasz > 10 and 0 <= point.davies_bouldin < 1
+
+
+def test_gaussian_mixture_labels_every_customer_reproducibly(spark, tmp_path):
+    cfg = make_config(tmp_path, "segment.algorithm=gaussian_mixture", "segment.k=3")
+    feats = noisy_blobs(spark).cache()
+    first = model.label(*_fit(spark, feats, cfg, "a"), "a").select("customer_id", "segment_id")
+    second = model.label(*_fit(spark, feats, cfg, "b"), "b").select("customer_id", "segment_id")
+    assert first.where("segment_id < 0 OR segment_id >= 3").count() == 0
+    assert first.count() == feats.count()
+    assert_df_equality(first, second, ignore_row_order=True)

@@ -83,6 +83,7 @@ class FeaturesConfig:
 
 @dataclass(frozen=True)
 class SegmentConfig:
+    algorithm: Literal["kmeans", "bisecting_kmeans", "gaussian_mixture"]
     features: list[str]
     pca_components: int | None  # None: no PCA
     k_min: int

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -14,6 +15,8 @@ class SweepPoint:
     k: int
     wcss: float
     silhouette: float
+    calinski_harabasz: float | None = None
+    davies_bouldin: float | None = None
 
 
 def elbow_k(points: Sequence[SweepPoint]) -> int:
@@ -77,3 +80,89 @@ def adjusted_rand_index(df: DataFrame, labels_a: str, labels_b: str) -> float:
     if maximum == expected:  # both labelings are a single cluster, or all singletons
         return 1.0
     return (stats["index"] - expected) / (maximum - expected)
+
+
+@dataclass(frozen=True)
+class ClusterIndices:
+    """Internal validity indices of one clustering, all from per-cluster statistics."""
+
+    wcss: float  # within-cluster sum of squared Euclidean distances (the elbow's y)
+    calinski_harabasz: float  # between / within dispersion ratio: higher is better
+    davies_bouldin: float  # mean worst-case similarity of a cluster to another: lower is better
+    clusters: int = 0  # non-empty clusters (a Gaussian mixture can leave components empty)
+
+
+def cluster_indices(predictions: DataFrame, features_col: str, prediction_col: str) -> ClusterIndices:
+    """WCSS, Calinski-Harabasz and Davies-Bouldin, computed distributed in two passes
+    over ``predictions`` (neither index is in MLlib). The first pass sums each vector
+    component per cluster (centroids and sizes); the second sums each row's squared
+    distance and distance to its centroid. Only k x dim numbers reach the driver.
+    Definitions follow scikit-learn's ``calinski_harabasz_score`` and
+    ``davies_bouldin_score``, Euclidean distance."""
+    spark = predictions.sparkSession
+    rows = predictions.select(F.col(prediction_col).alias("_cluster"), vector_to_array(F.col(features_col)).alias("_x"))
+    sums = (
+        rows.select("_cluster", F.posexplode("_x").alias("_dim", "_v"))
+        .groupBy("_cluster", "_dim")
+        .agg(F.sum("_v").alias("_sum"), F.count(F.lit(1)).alias("_n"))
+        .collect()
+    )  # k x dim rows
+    sizes: dict[int, int] = {}
+    totals: dict[int, dict[int, float]] = {}
+    for r in sums:
+        sizes[r["_cluster"]] = r["_n"]
+        totals.setdefault(r["_cluster"], {})[r["_dim"]] = r["_sum"]
+    clusters = sorted(sizes)
+    dim = 1 + max(d for t in totals.values() for d in t)
+    centroids = {cl: [totals[cl][d] / sizes[cl] for d in range(dim)] for cl in clusters}
+
+    centroid_rows = spark.createDataFrame(
+        [(cl, centroids[cl]) for cl in clusters], "_cluster INT, _centroid ARRAY<DOUBLE>"
+    )
+    squared = F.aggregate(
+        F.zip_with("_x", "_centroid", lambda a, b: (a - b) * (a - b)), F.lit(0.0), lambda acc, v: acc + v
+    )
+    spread = {
+        r["_cluster"]: (r["_w"], r["_s"])
+        for r in rows.join(F.broadcast(centroid_rows), on="_cluster", how="inner")
+        .groupBy("_cluster")
+        .agg(F.sum(squared).alias("_w"), F.avg(F.sqrt(squared)).alias("_s"))
+        .collect()
+    }  # k rows
+
+    n = sum(sizes.values())
+    k = len(clusters)
+    wcss = sum(spread[cl][0] for cl in clusters)
+    mean = [sum(sizes[cl] * centroids[cl][d] for cl in clusters) / n for d in range(dim)]
+
+    def dist2(a: Sequence[float], b: Sequence[float]) -> float:
+        return sum((x - y) ** 2 for x, y in zip(a, b, strict=True))
+
+    between = sum(sizes[cl] * dist2(centroids[cl], mean) for cl in clusters)
+    undefined = k < 2 or n <= k  # scikit-learn refuses these; the sweep never asks
+    ch = float("nan") if undefined else 1.0 if wcss == 0 else between * (n - k) / (wcss * (k - 1))
+
+    return ClusterIndices(
+        wcss=wcss, calinski_harabasz=ch, davies_bouldin=_davies_bouldin(centroids, spread), clusters=k
+    )
+
+
+def _davies_bouldin(centroids: dict[int, list[float]], spread: dict[int, tuple[float, float]]) -> float:
+    clusters = sorted(centroids)
+    if len(clusters) < 2:
+        return float("nan")
+    scatter = {cl: spread[cl][1] for cl in clusters}  # mean distance to the centroid
+    gaps = {
+        (a, b): sum((x - y) ** 2 for x, y in zip(centroids[a], centroids[b], strict=True)) ** 0.5
+        for a in clusters
+        for b in clusters
+        if a != b
+    }
+    if all(v == 0 for v in scatter.values()) or all(v == 0 for v in gaps.values()):
+        return 0.0
+    # As scikit-learn: coincident centroids count as infinitely far apart (ratio 0).
+    worst = [
+        max((scatter[a] + scatter[b]) / gaps[a, b] if gaps[a, b] > 0 else 0.0 for b in clusters if b != a)
+        for a in clusters
+    ]
+    return sum(worst) / len(worst)

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pyspark import StorageLevel
-from pyspark.ml import Pipeline, PipelineModel, Transformer
-from pyspark.ml.clustering import KMeans, KMeansModel
+from pyspark.ml import Estimator, Model, Pipeline, PipelineModel, Transformer
+from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import PCA, SQLTransformer, StandardScaler, VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from custseg import columns as c
 from custseg import io
 from custseg.config import Config, SegmentConfig
-from custseg.evaluate import SweepPoint, choose_k
+from custseg.evaluate import SweepPoint, choose_k, cluster_indices
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ VECTOR = "features_vector"
 
 LABEL_COLUMNS = (c.CUSTOMER_ID, c.SEGMENT_ID, c.K, c.RUN_ID, c.AS_OF_DATE, c.MODEL_VERSION)
 SWEEP_SCHEMA = (
-    "run_id STRING, as_of_date DATE, k INT, wcss DOUBLE, silhouette DOUBLE, "
-    "chosen BOOLEAN, rule STRING, model_version STRING"
+    "run_id STRING, as_of_date DATE, algorithm STRING, k INT, wcss DOUBLE, silhouette DOUBLE, "
+    "calinski_harabasz DOUBLE, davies_bouldin DOUBLE, chosen BOOLEAN, rule STRING, model_version STRING"
 )
 
 
@@ -78,7 +78,14 @@ def preprocessing(cfg: SegmentConfig) -> Pipeline:
     stages: list = [
         VectorAssembler(inputCols=list(cfg.features), outputCol="assembled", handleInvalid="error"),
         StandardScaler(
-            inputCol="assembled", outputCol="scaled" if cfg.pca_components else VECTOR, withMean=True, withStd=True
+            inputCol="assembled",
+            outputCol="scaled" if cfg.pca_components else VECTOR,
+            # Centre (not Spark's default) so PCA and k-means see the data as a statistician
+            # would. Bisecting k-means is the exception: it splits a cluster by nudging its
+            # centre by 1e-4 of the centre's norm, so on centred data the first split never
+            # happens and everything stays in one cluster. Distances ignore the offset.
+            withMean=cfg.algorithm != "bisecting_kmeans",
+            withStd=True,
         ),
     ]
     if cfg.pca_components:
@@ -86,10 +93,14 @@ def preprocessing(cfg: SegmentConfig) -> Pipeline:
     return Pipeline(stages=stages)
 
 
-def kmeans(cfg: SegmentConfig, k: int) -> KMeans:
-    return KMeans(
-        k=k, seed=cfg.seed, maxIter=cfg.max_iter, featuresCol=VECTOR, predictionCol=PREDICTION, initMode="k-means||"
-    )
+def clusterer(cfg: SegmentConfig, k: int) -> Estimator:
+    """The configured clustering estimator for ``k`` segments, seeded from config."""
+    common = {"k": k, "seed": cfg.seed, "maxIter": cfg.max_iter, "featuresCol": VECTOR, "predictionCol": PREDICTION}
+    if cfg.algorithm == "bisecting_kmeans":  # divisive and hierarchical: scales to many k
+        return BisectingKMeans(**common)
+    if cfg.algorithm == "gaussian_mixture":  # soft, elliptical clusters; labels are the most likely
+        return GaussianMixture(**common, probabilityCol="segment_probability")
+    return KMeans(**common, initMode="k-means||")
 
 
 def silhouette(predictions: DataFrame) -> float:
@@ -100,25 +111,32 @@ def silhouette(predictions: DataFrame) -> float:
     return evaluator.evaluate(predictions)
 
 
-def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dict[int, KMeansModel]]:
-    """Fit KMeans for every k in [k_min, k_max] (or just the fixed k) and score each."""
+def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dict[int, Model]]:
+    """Fit the clusterer for every k in [k_min, k_max] (or just the fixed k) and score
+    each: WCSS, silhouette, Calinski-Harabasz and Davies-Bouldin (same definitions
+    for every algorithm)."""
     ks = [cfg.k] if cfg.k else list(range(cfg.k_min, cfg.k_max + 1))
     points, models = [], {}
     for i, k in enumerate(ks, start=1):
         started = time.perf_counter()
-        model = kmeans(cfg, k).fit(vectors)
-        point = SweepPoint(k=k, wcss=float(model.summary.trainingCost), silhouette=silhouette(model.transform(vectors)))
+        model = clusterer(cfg, k).fit(vectors)
+        predictions = model.transform(vectors)
+        indices = cluster_indices(predictions, VECTOR, PREDICTION)
+        point = SweepPoint(
+            k=k,
+            wcss=indices.wcss,
+            # undefined with fewer than two non-empty clusters; Spark would fail the job
+            silhouette=silhouette(predictions) if indices.clusters >= 2 else float("nan"),
+            calinski_harabasz=indices.calinski_harabasz,
+            davies_bouldin=indices.davies_bouldin,
+        )
         points.append(point)
         models[k] = model
         log.info(
-            "k sweep %d/%d: k=%d wcss=%.2f silhouette=%.4f (%.1fs)",
-            i,
-            len(ks),
-            k,
-            point.wcss,
-            point.silhouette,
+            "k sweep %d/%d: k=%d wcss=%.2f silhouette=%.4f calinski_harabasz=%.1f davies_bouldin=%.4f (%.1fs)",
+            i, len(ks), k, point.wcss, point.silhouette, point.calinski_harabasz, point.davies_bouldin,
             time.perf_counter() - started,
-        )
+        )  # fmt: skip
     return points, models
 
 
@@ -156,7 +174,7 @@ def fit(spark: SparkSession, features: DataFrame, cfg: Config, run_id: str) -> t
     finally:
         vectors.unpersist()
     model = PipelineModel(stages=[*prep.stages, models[k], ordering])
-    version = f"kmeans-k{k}-{run_id}"
+    version = f"{seg.algorithm}-k{k}-{run_id}"
     path = io.resolve(seg.model_dir, version)
     model.write().overwrite().save(path)
     log.info("chose k=%d by %s; model saved to %s", k, "config" if seg.k else seg.selection, path)
@@ -185,8 +203,10 @@ def label(model: PipelineModel, features: DataFrame, cfg: Config, result: Segmen
 def sweep_frame(spark: SparkSession, result: SegmentResult, cfg: Config, run_id: str, as_of) -> DataFrame:
     rule = "config" if cfg.segment.k else cfg.segment.selection
     rows = [
-        (run_id, as_of, p.k, p.wcss, p.silhouette, p.k == result.k, rule, result.model_version) for p in result.sweep
-    ]
+        (run_id, as_of, cfg.segment.algorithm, p.k, p.wcss, p.silhouette, p.calinski_harabasz, p.davies_bouldin,
+         p.k == result.k, rule, result.model_version)
+        for p in result.sweep
+    ]  # fmt: skip
     return spark.createDataFrame(rows, SWEEP_SCHEMA)
 
 
