@@ -95,3 +95,9 @@ def test_set_spark_conf_key_with_dots_and_scalar_values():
     cfg = load_config([BASE], ["spark.conf.spark.driver.memory=8g", "spark.app_name=a: b #1"])
     assert cfg.spark.conf == {"spark.driver.memory": "8g"}
     assert cfg.spark.app_name == "a: b #1"
+
+
+def test_load_config_rfm_cut_points_must_fit_the_bins(tmp_path):
+    overlay = write(tmp_path, "rfm.yaml", "rfm:\n  cut_points: {recency_days: [30, 90]}\n")
+    with pytest.raises(ConfigError, match=r"rfm\.yaml: rfm\.cut_points\.recency_days: needs 4 increasing edges"):
+        load_config([BASE, overlay])

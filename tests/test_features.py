@@ -4,6 +4,8 @@ import datetime as dt
 
 from chispa import assert_df_equality
 
+from custseg import features
+from custseg.config import RfmRule
 from custseg.features import customer_features, default_as_of
 
 TXN_SCHEMA = "customer_id STRING, source STRING, invoice_id STRING, amount DOUBLE, event_ts TIMESTAMP, txn_type STRING"
@@ -116,3 +118,60 @@ def test_customer_features_same_invoice_number_in_two_sources_is_two_orders(spar
         [("m", AS_OF, dt.date(2024, 6, 1), dt.date(2024, 6, 2), 29, 2, 40.0, 30, 20.0)], FEATURE_SCHEMA
     )
     assert_df_equality(txns.transform(customer_features(AS_OF)), expected, ignore_nullable=True)
+
+
+def _default_rfm(tmp_path):
+    from tests.conftest import make_config
+
+    return make_config(tmp_path).rfm
+
+
+def test_rfm_default_rules_map_every_score_cell_to_exactly_one_segment(tmp_path):
+    rfm = _default_rfm(tmp_path)
+    for r in range(1, rfm.bins + 1):
+        for f in range(1, rfm.bins + 1):
+            matching = [rule.name for rule in rfm.segments if r in rule.r and f in rule.f]
+            assert len(matching) == 1, (r, f, matching)
+
+
+def test_rfm_segments_name_the_grid_with_explicit_cut_points(spark, tmp_path):
+    rfm = _default_rfm(tmp_path)
+    edges = {"recency_days": [10, 20, 30, 40], "frequency": [1, 2, 3, 4], "monetary": [10, 20, 30, 40]}
+    # recency 5 -> r 5, 15 -> 4, 25 -> 3, 35 -> 2, 45 -> 1; frequency n -> f n (n <= 5)
+    rows = [("c1", 5, 5, 50.0), ("c2", 5, 1, 5.0), ("c3", 45, 5, 40.0), ("c4", 25, 3, 10.0), ("c5", None, 0, -5.0)]
+    feats = spark.createDataFrame(rows, "customer_id STRING, recency_days INT, frequency LONG, monetary DOUBLE")
+    actual = feats.transform(features.rfm_segments(edges, rfm.bins, rfm.segments, rfm.default_segment)).select(
+        "customer_id", "r_score", "f_score", "m_score", "rfm_segment"
+    )
+    expected = spark.createDataFrame(
+        [
+            ("c1", 5, 5, 5, "Champions"),
+            ("c2", 5, 1, 1, "New Customers"),
+            ("c3", 1, 5, 4, "Can't Lose Them"),  # 40 is on an edge: the lower bin
+            ("c4", 3, 3, 1, "Need Attention"),
+            ("c5", None, 1, 1, "Other"),  # no purchase: no recency, so no rule applies
+        ],
+        "customer_id STRING, r_score INT, f_score INT, m_score INT, rfm_segment STRING",
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_rfm_overlapping_rules_first_match_wins_else_other(spark):
+    rules = [RfmRule("Best", r=[2], f=[1, 2]), RfmRule("Recent", r=[2], f=[2]), RfmRule("Old", r=[1], f=[2])]
+    edges = {"recency_days": [10.0], "frequency": [1.0], "monetary": [100.0]}
+    feats = spark.createDataFrame(
+        [("a", 5, 2, 1.0), ("b", 50, 1, 1.0)], "customer_id STRING, recency_days INT, frequency LONG, monetary DOUBLE"
+    )
+    actual = feats.transform(features.rfm_segments(edges, 2, rules, "Other")).select("customer_id", "rfm_segment")
+    expected = spark.createDataFrame([("a", "Best"), ("b", "Other")], "customer_id STRING, rfm_segment STRING")
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_rfm_cut_points_are_quantiles_of_customers_with_a_purchase(spark, tmp_path):
+    rfm = _default_rfm(tmp_path)
+    rows = [(f"c{i}", i, 1, float(10 * i)) for i in range(1, 11)] + [("none", None, 0, 0.0)]
+    feats = spark.createDataFrame(rows, "customer_id STRING, recency_days INT, frequency LONG, monetary DOUBLE")
+    edges = features.rfm_cut_points(feats, rfm)
+    # quintile edges of 1..10 are 2, 4, 6, 8; every frequency is 1, so its edges coincide
+    assert edges == {"recency_days": [2.0, 4.0, 6.0, 8.0], "frequency": [1.0] * 4,
+                     "monetary": [20.0, 40.0, 60.0, 80.0]}  # fmt: skip

@@ -82,6 +82,23 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class RfmRule:
+    """A named RFM segment: the R and F scores (1..bins) whose customers it takes."""
+
+    name: str
+    r: list[int]
+    f: list[int]
+
+
+@dataclass(frozen=True)
+class RfmConfig:
+    bins: int  # scores run 1..bins, by quantiles of the customers
+    cut_points: dict[str, list[float]]  # explicit bin edges per feature, instead of quantiles
+    segments: list[RfmRule]  # first match wins
+    default_segment: str  # customers no rule takes (and those with no purchase)
+
+
+@dataclass(frozen=True)
 class SegmentConfig:
     algorithm: Literal["kmeans", "bisecting_kmeans", "gaussian_mixture"]
     features: list[str]
@@ -105,6 +122,7 @@ class Config:
     demo: DemoConfig
     ingest: IngestConfig
     features: FeaturesConfig
+    rfm: RfmConfig
     segment: SegmentConfig
     sources: tuple[SourceConfig, ...] = field(default=())
 
@@ -138,10 +156,21 @@ class Config:
             "storage.database",
             "is required when storage.mode is 'catalog'",
         )
+        rfm = self.rfm
+        check(2 <= rfm.bins <= 10, "rfm.bins", "must be between 2 and 10")
+        for key, edges in rfm.cut_points.items():
+            check(key in RFM_FEATURES, f"rfm.cut_points.{key}", f"must be one of {RFM_FEATURES}")
+            check(len(edges) == rfm.bins - 1 and edges == sorted(edges), f"rfm.cut_points.{key}",
+                  f"needs {rfm.bins - 1} increasing edges for {rfm.bins} bins")  # fmt: skip
+        for i, rule in enumerate(rfm.segments):
+            scores = [*rule.r, *rule.f]
+            check(all(1 <= v <= rfm.bins for v in scores), f"rfm.segments[{i}]", f"scores must be 1..{rfm.bins}")
         names = [s.name for s in self.sources]
         check(len(names) == len(set(names)), "ingest.sources", f"source names must be unique, got {names}")
         return self
 
+
+RFM_FEATURES = ("recency_days", "frequency", "monetary")
 
 # Features the features job computes and the model may use; see features.py.
 MODEL_FEATURES = ("recency_days", "frequency", "monetary", "tenure_days", "avg_order_value")

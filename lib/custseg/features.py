@@ -10,12 +10,13 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from custseg import columns as c
 from custseg import io
-from custseg.config import Config
+from custseg.config import RFM_FEATURES, Config, RfmConfig, RfmRule
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,55 @@ def customer_features(as_of: dt.date) -> Callable[[DataFrame], DataFrame]:
     return transform
 
 
+RFM_COLUMNS = ("r_score", "f_score", "m_score", "rfm_segment")
+
+
+def rfm_cut_points(features: DataFrame, cfg: RfmConfig) -> dict[str, list[float]]:
+    """Bin edges per RFM feature: the configured ones, else the 1/bins ... (bins-1)/bins
+    quantiles over customers with a purchase (one aggregate; bins - 1 numbers each)."""
+    edges = {name: list(cuts) for name, cuts in cfg.cut_points.items()}
+    missing = [name for name in RFM_FEATURES if name not in edges]
+    if missing:
+        probs = [i / cfg.bins for i in range(1, cfg.bins)]
+        row = (
+            features.where(F.col(c.FREQUENCY) > 0)
+            .agg(*[F.percentile_approx(name, probs, 10_000).alias(name) for name in missing])
+            .first()
+        )
+        for name in missing:
+            edges[name] = [float(v) for v in (row[name] or [])]
+    return edges
+
+
+def _bucket(col: str, edges: list[float]) -> Column:
+    """1 + the number of edges below the value: 1..len(edges)+1; a value on an edge goes
+    to the lower bin, so equal values always share a score."""
+    value = F.col(col).cast("double")
+    return F.when(value.isNotNull(), F.lit(1) + sum((value > edge).cast("int") for edge in edges))
+
+
+def rfm_segments(
+    edges: dict[str, list[float]], bins: int, rules: list[RfmRule], default: str
+) -> Callable[[DataFrame], DataFrame]:
+    """Customer features -> the same plus r_score, f_score, m_score (1..bins; 5 is best:
+    most recent, most frequent, highest spend) and rfm_segment, the name of the first
+    rule whose R and F scores match, else ``default`` (also for customers with no
+    purchase, who have no recency)."""
+
+    def transform(features: DataFrame) -> DataFrame:
+        r = F.lit(bins + 1) - _bucket(c.RECENCY_DAYS, edges[c.RECENCY_DAYS])
+        f = F.least(_bucket(c.FREQUENCY, edges[c.FREQUENCY]), F.lit(bins))
+        m = F.least(_bucket(c.MONETARY, edges[c.MONETARY]), F.lit(bins))
+        scored = features.select("*", r.alias("r_score"), f.alias("f_score"), m.alias("m_score"))
+        segment = F.lit(default)
+        for rule in reversed(rules):  # built inside out, so the first rule is tested first
+            matches = F.col("r_score").isin(*rule.r) & F.col("f_score").isin(*rule.f)
+            segment = F.when(F.coalesce(matches, F.lit(False)), F.lit(rule.name)).otherwise(segment)
+        return scored.select(*features.columns, "r_score", "f_score", "m_score", segment.alias("rfm_segment"))
+
+    return transform
+
+
 def default_as_of(txns: DataFrame) -> dt.date:
     """The day after the newest transaction: the usual snapshot date for RFM."""
     newest = txns.agg(F.max(F.to_date(c.EVENT_TS)).alias("d")).first()["d"]
@@ -102,5 +152,12 @@ def run(spark: SparkSession, cfg: Config) -> dt.date:
     txns = io.read(spark, source)
     as_of = cfg.features.as_of_date or default_as_of(txns)
     log.info("features as of %s from %s", as_of, source)
-    io.overwrite(txns.transform(customer_features(as_of)), io.table_ref(cfg.storage, cfg.tables.features))
+    features = txns.transform(customer_features(as_of)).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        edges = rfm_cut_points(features, cfg.rfm)
+        log.info("RFM bin edges: %s", edges)
+        scored = features.transform(rfm_segments(edges, cfg.rfm.bins, cfg.rfm.segments, cfg.rfm.default_segment))
+        io.overwrite(scored, io.table_ref(cfg.storage, cfg.tables.features))
+    finally:
+        features.unpersist()
     return as_of
