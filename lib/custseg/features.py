@@ -89,9 +89,6 @@ def customer_features(as_of: dt.date) -> Callable[[DataFrame], DataFrame]:
     return transform
 
 
-RFM_COLUMNS = ("r_score", "f_score", "m_score", "rfm_segment")
-
-
 def rfm_cut_points(features: DataFrame, cfg: RfmConfig) -> dict[str, list[float]]:
     """Bin edges per RFM feature: the configured ones, else the 1/bins ... (bins-1)/bins
     quantiles over customers with a purchase (one aggregate; bins - 1 numbers each)."""
