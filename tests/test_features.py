@@ -3,6 +3,8 @@ from __future__ import annotations
 import datetime as dt
 
 from chispa import assert_df_equality
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from custseg import features
 from custseg.config import RfmRule
@@ -13,11 +15,24 @@ FEATURE_SCHEMA = (
     "customer_id STRING, as_of_date DATE, first_purchase_date DATE, last_purchase_date DATE, "
     "recency_days INT, frequency LONG, monetary DOUBLE, tenure_days INT, avg_order_value DOUBLE"
 )
+FEATURE_SCHEMA_COLUMNS = [field.split()[0] for field in FEATURE_SCHEMA.split(", ")]
 AS_OF = dt.date(2024, 7, 1)
+
+
+BEHAVIOUR_SCHEMA = (
+    "customer_id STRING, mean_days_between_purchases DOUBLE, distinct_products LONG, return_rate DOUBLE, "
+    "purchases_per_month DOUBLE"
+)
 
 
 def ts(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
+
+
+def rfm_features(txns: DataFrame) -> DataFrame:
+    """The RFM part of the features, for transactions without products."""
+    with_products = txns.withColumn("product_id", F.lit(None).cast("string"))
+    return with_products.transform(customer_features(AS_OF)).select(*FEATURE_SCHEMA_COLUMNS)
 
 
 def test_customer_features_rfm_worked_example(spark):
@@ -42,14 +57,39 @@ def test_customer_features_rfm_worked_example(spark):
         ],
         FEATURE_SCHEMA,
     )
-    actual = txns.transform(customer_features(AS_OF))
+    actual = rfm_features(txns)
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_customer_features_behaviour_worked_example(spark):
+    # Customer a buys on 2024-01-01 (p1, p2), 2024-01-01 again (p1), 2024-01-31 (p3) and
+    # 2024-03-31 (p1): 3 purchase days spanning 90 days -> 45 days between purchases;
+    # products p1, p2, p3 -> 3; gross 100 + 50 + 25 + 25 = 200, 20 returned -> 0.1;
+    # 4 invoices over a tenure of 182 days = 182 / 30.4375 = 5.9795 months -> 0.6690 a month.
+    # Customer b: one purchase 10 days before as-of: no gap (null), a tenure under a month
+    # counts as one month -> 1.0 a month; nothing returned -> 0.0.
+    schema = TXN_SCHEMA + ", product_id STRING"
+    txns = spark.createDataFrame(
+        [
+            ("a", "pos", "A1", 60.0, ts("2024-01-01 09:00:00"), "purchase", "p1"),
+            ("a", "pos", "A1", 40.0, ts("2024-01-01 09:00:00"), "purchase", "p2"),
+            ("a", "pos", "A2", 50.0, ts("2024-01-01 18:00:00"), "purchase", "p1"),
+            ("a", "web", "W1", 25.0, ts("2024-01-31 12:00:00"), "purchase", "p3"),
+            ("a", "web", "W2", 25.0, ts("2024-03-31 12:00:00"), "purchase", "p1"),
+            ("a", "web", "WR", -20.0, ts("2024-04-02 12:00:00"), "return", "p9"),
+            ("b", "pos", "B1", 5.0, ts("2024-06-21 12:00:00"), "purchase", "p1"),
+        ],
+        schema,
+    )
+    expected = spark.createDataFrame([("a", 45.0, 3, 0.1, 0.669), ("b", None, 1, 0.0, 1.0)], BEHAVIOUR_SCHEMA)
+    actual = txns.transform(customer_features(AS_OF)).select(*[f.split()[0] for f in BEHAVIOUR_SCHEMA.split(", ")])
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_customer_features_returns_only_customer_has_no_recency(spark):
     txns = spark.createDataFrame([("r", "pos", "R9", -25.0, ts("2024-03-01 10:00:00"), "return")], TXN_SCHEMA)
     expected = spark.createDataFrame([("r", AS_OF, None, None, None, 0, -25.0, None, None)], FEATURE_SCHEMA)
-    actual = txns.transform(customer_features(AS_OF))
+    actual = rfm_features(txns)
     assert_df_equality(actual, expected, ignore_nullable=True)
 
 
@@ -64,7 +104,7 @@ def test_customer_features_repeat_orders_same_day_count_separately(spark):
     expected = spark.createDataFrame(
         [("s", AS_OF, dt.date(2024, 6, 1), dt.date(2024, 6, 1), 30, 2, 40.0, 30, 20.0)], FEATURE_SCHEMA
     )
-    actual = txns.transform(customer_features(AS_OF))
+    actual = rfm_features(txns)
     assert_df_equality(actual, expected, ignore_nullable=True)
 
 
@@ -79,7 +119,7 @@ def test_customer_features_void_orders_are_not_purchases(spark):
     expected = spark.createDataFrame(
         [("v", AS_OF, dt.date(2024, 5, 1), dt.date(2024, 5, 1), 61, 1, 50.0, 61, 50.0)], FEATURE_SCHEMA
     )
-    assert_df_equality(txns.transform(customer_features(AS_OF)), expected, ignore_nullable=True)
+    assert_df_equality(rfm_features(txns), expected, ignore_nullable=True)
 
 
 def test_customer_features_as_of_before_first_order_excludes_customer(spark):
@@ -90,7 +130,7 @@ def test_customer_features_as_of_before_first_order_excludes_customer(spark):
         ],
         TXN_SCHEMA,
     )
-    actual = txns.transform(customer_features(AS_OF)).select("customer_id")
+    actual = rfm_features(txns).select("customer_id")
     expected = spark.createDataFrame([("early",)], "customer_id STRING")
     assert_df_equality(actual, expected, ignore_nullable=True)
 
@@ -117,7 +157,7 @@ def test_customer_features_same_invoice_number_in_two_sources_is_two_orders(spar
     expected = spark.createDataFrame(
         [("m", AS_OF, dt.date(2024, 6, 1), dt.date(2024, 6, 2), 29, 2, 40.0, 30, 20.0)], FEATURE_SCHEMA
     )
-    assert_df_equality(txns.transform(customer_features(AS_OF)), expected, ignore_nullable=True)
+    assert_df_equality(rfm_features(txns), expected, ignore_nullable=True)
 
 
 def _default_rfm(tmp_path):

@@ -33,6 +33,10 @@ FREQUENCY = "frequency"
 MONETARY = "monetary"
 TENURE_DAYS = "tenure_days"
 AVG_ORDER_VALUE = "avg_order_value"
+MEAN_DAYS_BETWEEN = "mean_days_between_purchases"
+DISTINCT_PRODUCTS = "distinct_products"
+RETURN_RATE = "return_rate"
+PURCHASES_PER_MONTH = "purchases_per_month"
 
 # segment labels and sweep
 SEGMENT_ID = "segment_id"

@@ -30,7 +30,13 @@ FEATURE_COLUMNS = (
     c.MONETARY,
     c.TENURE_DAYS,
     c.AVG_ORDER_VALUE,
+    c.MEAN_DAYS_BETWEEN,
+    c.DISTINCT_PRODUCTS,
+    c.RETURN_RATE,
+    c.PURCHASES_PER_MONTH,
 )
+
+DAYS_PER_MONTH = 365.25 / 12
 
 
 def _is_purchase() -> Column:
@@ -43,18 +49,35 @@ def _is_revenue() -> Column:
     return F.col(c.TXN_TYPE).isin(c.PURCHASE, c.RETURN)
 
 
+def _span_days() -> Column:
+    return F.datediff(c.LAST_PURCHASE, c.FIRST_PURCHASE)
+
+
+def _tenure_months(as_of: Column) -> Column:
+    return F.greatest(F.datediff(as_of, c.FIRST_PURCHASE) / F.lit(DAYS_PER_MONTH), F.lit(1.0))
+
+
 def customer_features(as_of: dt.date) -> Callable[[DataFrame], DataFrame]:
     """Transactions -> one row per customer, as of ``as_of`` (exclusive).
 
     Input columns: customer_id, source, invoice_id, amount, event_ts, txn_type.
     Output columns: customer_id, as_of_date, first_purchase_date, last_purchase_date,
-    recency_days, frequency, monetary, tenure_days, avg_order_value.
+    recency_days, frequency, monetary, tenure_days, avg_order_value,
+    mean_days_between_purchases, distinct_products, return_rate, purchases_per_month.
 
     * frequency: distinct purchase invoices (per source); returns and voids are not
       purchases.
     * monetary: purchases net of returns (a return's amount is negative); voids and
       non-product adjustments do not count.
     * avg_order_value: gross purchase value per purchase invoice.
+    * mean_days_between_purchases: days from the first to the last purchase over the
+      gaps between distinct purchase days (repeat orders on one day are one visit);
+      null with fewer than two purchase days.
+    * distinct_products: distinct products bought (0 for sources without products).
+    * return_rate: value returned over gross value bought, 0..1 and more for returns of
+      goods bought before the data starts; null without purchases.
+    * purchases_per_month: purchase invoices per month of tenure, counting a tenure
+      shorter than a month as one month, so a first-week customer is not "30 a month".
     A customer with returns but no purchase before ``as_of`` has frequency 0 and null
     recency, tenure and average order value: there is no purchase to measure.
     """
@@ -72,6 +95,9 @@ def customer_features(as_of: dt.date) -> Callable[[DataFrame], DataFrame]:
                 F.count_distinct(F.when(_is_purchase(), F.col(c.SOURCE)), F.col(c.INVOICE_ID)).alias(c.FREQUENCY),
                 F.sum(F.when(_is_revenue(), F.col(c.AMOUNT)).otherwise(F.lit(0.0))).alias(c.MONETARY),
                 F.sum(F.when(_is_purchase(), F.col(c.AMOUNT))).alias("_gross"),
+                F.sum(F.when(F.col(c.TXN_TYPE) == c.RETURN, -F.col(c.AMOUNT))).alias("_returned"),
+                F.count_distinct(purchase_day).alias("_days"),
+                F.count_distinct(F.when(_is_purchase(), F.col(c.PRODUCT_ID))).alias(c.DISTINCT_PRODUCTS),
             )
         )
         return per_customer.select(
@@ -84,6 +110,10 @@ def customer_features(as_of: dt.date) -> Callable[[DataFrame], DataFrame]:
             F.round(c.MONETARY, 2).alias(c.MONETARY),
             F.datediff(as_of_lit, c.FIRST_PURCHASE).alias(c.TENURE_DAYS),
             F.round(F.col("_gross") / F.nullif(F.col(c.FREQUENCY), F.lit(0)), 2).alias(c.AVG_ORDER_VALUE),
+            F.round(_span_days() / F.nullif(F.col("_days") - 1, F.lit(0)), 2).alias(c.MEAN_DAYS_BETWEEN),
+            F.col(c.DISTINCT_PRODUCTS).cast("long").alias(c.DISTINCT_PRODUCTS),
+            F.round(F.coalesce(F.col("_returned"), F.lit(0.0)) / F.col("_gross"), 4).alias(c.RETURN_RATE),
+            F.round(F.col(c.FREQUENCY) / _tenure_months(as_of_lit), 4).alias(c.PURCHASES_PER_MONTH),
         )
 
     return transform
