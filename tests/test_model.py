@@ -11,15 +11,38 @@ from custseg import model
 from tests.conftest import make_config
 
 
-def test_model_inputs_log1p_skewed_and_drop_incomplete(spark):
+def test_model_inputs_cast_and_drop_incomplete(spark):
     df = spark.createDataFrame(
         [("a", 10, 0.0, -5.0), ("b", None, 1.0, 2.0)],
         "customer_id STRING, recency_days INT, frequency DOUBLE, monetary DOUBLE",
     )
-    actual = df.transform(model.model_inputs(["recency_days", "monetary"], ["monetary", "frequency"]))
-    # a negative net monetary value (returns exceed purchases) enters as log1p(0) = 0
-    expected = spark.createDataFrame([("a", 10.0, 0.0)], "customer_id STRING, recency_days DOUBLE, monetary DOUBLE")
+    actual = df.transform(model.model_inputs(["recency_days", "monetary"]))
+    expected = spark.createDataFrame([("a", 10.0, -5.0)], "customer_id STRING, recency_days DOUBLE, monetary DOUBLE")
     assert_df_equality(actual, expected, ignore_nullable=True)
+
+
+def test_input_transform_caps_then_log1p(spark):
+    df = spark.createDataFrame([("a", 10.0, -5.0), ("b", 500.0, 99.0)], "customer_id STRING, r DOUBLE, m DOUBLE")
+    stage = model.input_transform(["r", "m"], log1p=["m"], caps={"r": 100.0, "m": 9.0})
+    actual = stage.transform(df).select("customer_id", "in_r", "in_m")
+    # r is capped at 100 and not logged; m is capped at 9 -> log1p(9) = log(10), and a
+    # negative net monetary value (returns exceed purchases) enters as log1p(0) = 0
+    expected = spark.createDataFrame(
+        [("a", 10.0, 0.0), ("b", 100.0, math.log(10.0))], "customer_id STRING, in_r DOUBLE, in_m DOUBLE"
+    )
+    assert_approx_df_equality(actual, expected, 1e-12, ignore_nullable=True)
+
+
+def test_quantile_caps_are_fitted_per_feature(spark):
+    df = spark.range(1, 101).selectExpr("CAST(id AS DOUBLE) AS x", "CAST(id * 2 AS DOUBLE) AS y")
+    assert model.quantile_caps(df, ["x", "y"], 0.9) == {"x": 90.0, "y": 180.0}
+    assert model.quantile_caps(df, ["x", "y"], None) == {}
+
+
+def test_components_for_share_keeps_the_fewest_reaching_it():
+    assert model.components_for_share([0.6, 0.25, 0.1, 0.05], 0.85) == 2
+    assert model.components_for_share([0.6, 0.25, 0.1, 0.05], 0.86) == 3
+    assert model.components_for_share([0.6, 0.25, 0.1, 0.05], 1.0) == 4
 
 
 def test_preprocessing_centres_and_scales(spark, tmp_path):
@@ -34,11 +57,39 @@ def test_preprocessing_centres_and_scales(spark, tmp_path):
     assert_approx_df_equality(actual, expected, 1e-9, ignore_nullable=True)
 
 
-def test_value_order_numbers_segments_by_descending_monetary(spark):
-    scored = spark.createDataFrame([(0, 10.0), (0, 12.0), (1, 100.0), (2, 50.0)], "cluster INT, monetary DOUBLE")
-    stage = model.value_order(scored, 3)
-    actual = stage.transform(scored.select("cluster").distinct()).select("cluster", "segment_id")
-    expected = spark.createDataFrame([(1, 0), (2, 1), (0, 2)], "cluster INT, segment_id INT")
+def stats(*rows):
+    return [model.ClusterStats(cluster, 10, value, centre) for cluster, value, centre in rows]
+
+
+def test_segment_ids_without_previous_model_number_by_descending_value():
+    clusters = stats((0, 11.0, [0.0]), (1, 100.0, [5.0]), (2, 50.0, [2.0]))
+    assert model.segment_ids(clusters, 3, None, [1.0]) == {1: 0, 2: 1, 0: 2}
+
+
+def test_segment_ids_keep_the_previous_models_ids_by_nearest_centre():
+    # the new clusters 0, 1, 2 sit next to the old segments 2, 0, 1, whatever their value
+    clusters = stats((0, 11.0, [0.1, 0.0]), (1, 100.0, [5.0, 5.0]), (2, 50.0, [2.0, 2.1]))
+    previous = {0: [5.2, 5.0], 1: [2.0, 2.0], 2: [0.0, 0.0]}
+    assert model.segment_ids(clusters, 3, previous, [1.0, 1.0]) == {0: 2, 1: 0, 2: 1}
+
+
+def test_segment_ids_give_a_new_cluster_the_lowest_free_id():
+    # k grew from 2 to 3: the clusters near the old ones keep 0 and 1; the new one gets 2
+    clusters = stats((0, 11.0, [0.0]), (1, 100.0, [10.0]), (2, 500.0, [20.0]))
+    assert model.segment_ids(clusters, 3, {0: [10.0], 1: [0.0]}, [1.0]) == {1: 0, 0: 1, 2: 2}
+
+
+def test_segment_ids_distances_are_in_standard_deviations():
+    # on raw units cluster 0 is nearer old 1 in x; scaled by std (100, 1) it is nearer old 0
+    clusters = stats((0, 1.0, [0.0, 0.0]), (1, 2.0, [150.0, 5.0]))
+    previous = {0: [100.0, 0.0], 1: [10.0, 5.0]}
+    assert model.segment_ids(clusters, 2, previous, [100.0, 1.0]) == {0: 0, 1: 1}
+
+
+def test_relabel_maps_raw_clusters_to_segment_ids(spark):
+    raw = spark.createDataFrame([(0,), (1,), (2,)], "cluster INT")
+    actual = model.relabel({0: 2, 1: 0, 2: 1}).transform(raw)
+    expected = spark.createDataFrame([(0, 2), (1, 0), (2, 1)], "cluster INT, segment_id INT")
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
@@ -61,7 +112,7 @@ def test_fit_and_label_every_customer_once_in_range(spark, tmp_path):
     cfg = make_config(tmp_path, "segment.k_max=4")
     feats = blobs(spark)
     fitted, result = model.fit(spark, feats, cfg, "r1")
-    labels = model.label(fitted, feats, cfg, result, "r1")
+    labels = model.label(fitted, feats, cfg, result.model_version, result.k, "r1")
     assert result.k == 3
     per_customer = labels.groupBy("customer_id").count().where("count != 1").count()
     assert per_customer == 0 and labels.count() == feats.count()
@@ -79,7 +130,7 @@ def test_saved_model_reloads_and_scores_identically(spark, tmp_path):
     feats = blobs(spark)
     fitted, result = model.fit(spark, feats, cfg, "r1")
     reloaded = PipelineModel.load(result.model_path)
-    inputs = feats.transform(model.model_inputs(cfg.segment.features, cfg.features.log1p))
+    inputs = feats.transform(model.model_inputs(cfg.segment.features))
     assert_df_equality(
         reloaded.transform(inputs).select("customer_id", "segment_id"),
         fitted.transform(inputs).select("customer_id", "segment_id"),
@@ -95,9 +146,9 @@ def test_same_seed_gives_same_labels(spark, tmp_path):
     assert_df_equality(first, second, ignore_row_order=True)
 
 
-def _fit(spark, feats, cfg, run_id):
-    fitted, result = model.fit(spark, feats, cfg, run_id)
-    return fitted, feats, cfg, result
+def _fit(spark, feats, cfg, run_id, previous=None):
+    fitted, result = model.fit(spark, feats, cfg, run_id, previous)
+    return fitted, feats, cfg, result.model_version, result.k
 
 
 def test_same_seed_gives_same_labels_whatever_the_input_partitioning(spark, tmp_path):
@@ -140,7 +191,7 @@ def test_bisecting_kmeans_recovers_obvious_groups(spark, tmp_path):
     cfg = make_config(tmp_path, "segment.algorithm=bisecting_kmeans", "segment.k=3")
     feats = noisy_blobs(spark).cache()
     fitted, result = model.fit(spark, feats, cfg, "r1")
-    labels = model.label(fitted, feats, cfg, result, "r1")
+    labels = model.label(fitted, feats, cfg, result.model_version, result.k, "r1")
     assert result.model_version.startswith("bisecting_kmeans-k3-")
     by_truth = labels.join(feats.select("customer_id", "truth"), "customer_id", "inner").select("truth", "segment_id")
     expected = spark.createDataFrame([("hi", 0), ("mid", 1), ("lo", 2)], "truth STRING, segment_id INT")
@@ -157,3 +208,24 @@ def test_gaussian_mixture_labels_every_customer_reproducibly(spark, tmp_path):
     assert first.where("segment_id < 0 OR segment_id >= 3").count() == 0
     assert first.count() == feats.count()
     assert_df_equality(first, second, ignore_row_order=True)
+
+
+def test_retrain_with_another_seed_keeps_every_customers_segment_id(spark, tmp_path):
+    cfg = make_config(tmp_path, "segment.k=3", "segment.value_feature=recency_days")
+    feats = blobs(spark)
+    fitted, first = model.fit(spark, feats, cfg, "a")
+    before = model.label(fitted, feats, cfg, first.model_version, 3, "a").select("customer_id", "segment_id")
+    previous = model.PreviousModel(first.model_version, list(cfg.segment.features), first.centres)
+    reseeded = dataclasses.replace(cfg, segment=dataclasses.replace(cfg.segment, seed=99, value_feature="monetary"))
+    after = model.label(*_fit(spark, feats, reseeded, "b", previous), "b").select("customer_id", "segment_id")
+    # value order alone would renumber (monetary ranks the groups the other way round
+    # from recency); matching the centres keeps the first model's ids
+    assert_df_equality(after, before, ignore_row_order=True)
+
+
+def test_pca_variance_share_chooses_components_and_records_them(spark, tmp_path):
+    cfg = make_config(tmp_path, "segment.k=3", "segment.pca_components=null", "segment.pca_variance=0.9")
+    _, result = model.fit(spark, blobs(spark), cfg, "r1")
+    explained = result.explained_variance
+    assert 1 <= len(explained) < len(cfg.segment.features)
+    assert sum(explained) >= 0.9 and sum(explained[:-1]) < 0.9

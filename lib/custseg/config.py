@@ -56,6 +56,12 @@ class TablesConfig:
     labels: str
     k_sweep: str
     profile: str
+    models: str  # one row per fitted model: metadata, metrics, centres
+    label_history: str  # segment labels over time (valid_from / valid_to)
+    segment_profiles: str  # one row per segment of a run: size, shares, name
+    feature_profiles: str  # per segment and feature: mean, median, z-score
+    stability: str  # per refit: adjusted Rand index against the labels
+    segment_stability: str  # per segment: best-match Jaccard, stable or not
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,8 @@ class IngestConfig:
 class FeaturesConfig:
     as_of_date: dt.date | None  # None: the day after the newest accepted transaction
     log1p: list[str]  # skewed features that enter the model as log1p(max(x, 0))
+    cap_quantile: float | None  # cap model features at this quantile before log1p; None: no cap
+    customers: str | None  # a customer-attribute mapping (conf/sources/*.yaml); None: none
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,15 @@ class SegmentConfig:
     max_iter: int
     fit_partitions: int  # the model input is laid out in this many partitions, so labels do not depend on the cluster
     model_dir: str
+    pca_variance: float | None = None  # keep the fewest components explaining this share; None: pca_components
+    value_feature: str = "monetary"  # segments are numbered by its mean, highest first
+
+
+@dataclass(frozen=True)
+class StabilityConfig:
+    seeds: list[int]  # refit with each seed; [] or one seed: no multi-seed check
+    bootstrap: int  # refits on bootstrap samples; 0: none
+    threshold: float  # a segment whose mean best-match Jaccard is below this is unstable
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,7 @@ class Config:
     features: FeaturesConfig
     rfm: RfmConfig
     segment: SegmentConfig
+    stability: StabilityConfig
     sources: tuple[SourceConfig, ...] = field(default=())
 
     def validate(self, origins: Mapping[str, str] | None = None) -> Config:
@@ -143,6 +161,16 @@ class Config:
         check(not unknown, "segment.features", f"unknown features {unknown}; known: {MODEL_FEATURES}")
         unknown = sorted(set(self.features.log1p) - set(MODEL_FEATURES))
         check(not unknown, "features.log1p", f"unknown features {unknown}; known: {MODEL_FEATURES}")
+        check(seg.pca_variance is None or 0 < seg.pca_variance <= 1, "segment.pca_variance", "must be in (0, 1]")
+        check(
+            not (seg.pca_variance and seg.pca_components),
+            "segment.pca_variance",
+            "set pca_variance or pca_components, not both",
+        )
+        q = self.features.cap_quantile
+        check(q is None or 0.5 <= q < 1, "features.cap_quantile", "must be in [0.5, 1) (e.g. 0.99)")
+        check(self.stability.bootstrap >= 0, "stability.bootstrap", "must be 0 or more")
+        check(0 < self.stability.threshold <= 1, "stability.threshold", "must be in (0, 1]")
         n = seg.pca_components
         check(
             n is None or 1 <= n <= len(seg.features),
@@ -173,7 +201,10 @@ class Config:
 RFM_FEATURES = ("recency_days", "frequency", "monetary")
 
 # Features the features job computes and the model may use; see features.py.
-MODEL_FEATURES = ("recency_days", "frequency", "monetary", "tenure_days", "avg_order_value")
+MODEL_FEATURES = (
+    "recency_days", "frequency", "monetary", "tenure_days", "avg_order_value", "mean_days_between_purchases",
+    "distinct_products", "return_rate", "purchases_per_month",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -9,30 +9,33 @@ customers later needs no refit and yields the same segment ids.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
 from pyspark.ml import Estimator, Model, Pipeline, PipelineModel, Transformer
 from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
-from pyspark.ml.feature import PCA, SQLTransformer, StandardScaler, VectorAssembler
+from pyspark.ml.feature import PCA, PCAModel, SQLTransformer, StandardScaler, VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from custseg import columns as c
 from custseg import io
-from custseg.config import Config, SegmentConfig
+from custseg.config import Config, ConfigError, SegmentConfig
 from custseg.evaluate import SweepPoint, choose_k, cluster_indices
+from custseg.matching import assign
 
 log = logging.getLogger(__name__)
 
 UNSEGMENTED = -1  # customers with no purchase before the as-of date: nothing to place
 PREDICTION = "cluster"
 VECTOR = "features_vector"
+SCALED = "scaled"
 
 LABEL_COLUMNS = (c.CUSTOMER_ID, c.SEGMENT_ID, c.K, c.RUN_ID, c.AS_OF_DATE, c.MODEL_VERSION)
 SWEEP_SCHEMA = (
@@ -47,50 +50,117 @@ class SegmentResult:
     sweep: list[SweepPoint]
     model_version: str
     model_path: str
+    customers: int = 0  # customers the model was fitted on
+    caps: dict[str, float] = field(default_factory=dict)  # fitted quantile caps per feature
+    explained_variance: list[float] = field(default_factory=list)  # per kept principal component
+    centres: dict[int, list[float]] = field(default_factory=dict)  # segment id -> centre in model-input units
+    matched_to: str | None = None  # the previous model whose segment ids were kept
 
 
-def model_inputs(features: Sequence[str], log1p: Sequence[str]) -> Callable[[DataFrame], DataFrame]:
-    """Customer features -> customer_id plus the model features, skewed ones as
-    log1p(max(x, 0)); rows with any feature missing are left out (see ``UNSEGMENTED``).
+@dataclass(frozen=True)
+class PreviousModel:
+    """What a retrain needs of the last model to keep segment ids stable."""
+
+    version: str
+    features: list[str]
+    centres: dict[int, list[float]]
+
+
+def model_inputs(features: Sequence[str]) -> Callable[[DataFrame], DataFrame]:
+    """Customer features -> customer_id plus the model features as doubles; rows with any
+    feature missing are left out (see ``UNSEGMENTED``).
 
     Input columns: customer_id and every name in ``features``.
     Output columns: customer_id, then ``features`` in order.
     """
-    skewed = set(log1p)
 
     def transform(df: DataFrame) -> DataFrame:
-        cols = [
-            (
-                F.log1p(F.greatest(F.col(f).cast("double"), F.lit(0.0))) if f in skewed else F.col(f).cast("double")
-            ).alias(f)
-            for f in features
-        ]
         complete = F.lit(True)
         for f in features:
             complete = complete & F.col(f).isNotNull()
-        return df.where(complete).select(c.CUSTOMER_ID, *cols)
+        return df.where(complete).select(c.CUSTOMER_ID, *[F.col(f).cast("double").alias(f) for f in features])
 
     return transform
 
 
-def preprocessing(cfg: SegmentConfig) -> Pipeline:
-    """Assemble, centre and scale, then (optionally) project onto principal components."""
-    stages: list = [
-        VectorAssembler(inputCols=list(cfg.features), outputCol="assembled", handleInvalid="error"),
-        StandardScaler(
-            inputCol="assembled",
-            outputCol="scaled" if cfg.pca_components else VECTOR,
-            # Centre (not Spark's default) so PCA and k-means see the data as a statistician
-            # would. Bisecting k-means is the exception: it splits a cluster by nudging its
-            # centre by 1e-4 of the centre's norm, so on centred data the first split never
-            # happens and everything stays in one cluster. Distances ignore the offset.
-            withMean=cfg.algorithm != "bisecting_kmeans",
-            withStd=True,
-        ),
-    ]
+def input_column(feature: str) -> str:
+    """The model's own copy of a feature, after capping and log1p."""
+    return f"in_{feature}"
+
+
+def quantile_caps(inputs: DataFrame, features: Sequence[str], quantile: float | None) -> dict[str, float]:
+    """The ``quantile`` of each feature over the customers (one aggregate), or {} when
+    capping is off. Fitted once and stored in the model, so scoring caps the same way."""
+    if quantile is None:
+        return {}
+    row = inputs.agg(*[F.percentile_approx(f, quantile, 10_000).alias(f) for f in features]).first()
+    return {f: float(row[f]) for f in features if row[f] is not None}
+
+
+def input_transform(features: Sequence[str], log1p: Sequence[str], caps: dict[str, float]) -> SQLTransformer:
+    """A stage adding ``in_<feature>`` for every feature: capped at its fitted quantile
+    (if any), then, for skewed features, log1p(max(x, 0)) (a negative net monetary
+    value, where returns exceed purchases, enters as 0)."""
+    exprs = []
+    for f in features:
+        expr = f"CAST(`{f}` AS DOUBLE)"
+        if f in caps:
+            expr = f"LEAST({expr}, {caps[f]!r})"
+        if f in log1p:
+            expr = f"LOG1P(GREATEST({expr}, 0.0D))"
+        exprs.append(f"{expr} AS `{input_column(f)}`")
+    return SQLTransformer(statement=f"SELECT *, {', '.join(exprs)} FROM __THIS__")
+
+
+def preprocessing(cfg: SegmentConfig, log1p: Sequence[str] = (), caps: dict[str, float] | None = None) -> Pipeline:
+    """Transform skewed features, assemble, then centre and scale. PCA is fitted
+    separately (``principal_components``), as it may choose its own dimension."""
+    return Pipeline(
+        stages=[
+            input_transform(cfg.features, log1p, caps or {}),
+            VectorAssembler(
+                inputCols=[input_column(f) for f in cfg.features], outputCol="assembled", handleInvalid="error"
+            ),
+            StandardScaler(
+                inputCol="assembled",
+                outputCol=SCALED if _uses_pca(cfg) else VECTOR,
+                # Centre (not Spark's default) so PCA and k-means see the data as a
+                # statistician would. Bisecting k-means is the exception: it splits a
+                # cluster by nudging its centre by 1e-4 of the centre's norm, so on centred
+                # data the first split never happens. Distances ignore the offset.
+                withMean=cfg.algorithm != "bisecting_kmeans",
+                withStd=True,
+            ),
+        ]
+    )
+
+
+def _uses_pca(cfg: SegmentConfig) -> bool:
+    return bool(cfg.pca_components or cfg.pca_variance)
+
+
+def principal_components(scaled: DataFrame, cfg: SegmentConfig) -> PCAModel | None:
+    """PCA on the scaled features: ``pca_components`` components, or the fewest whose
+    cumulative explained variance reaches ``pca_variance``; None when PCA is off."""
+    if not _uses_pca(cfg):
+        return None
     if cfg.pca_components:
-        stages.append(PCA(k=cfg.pca_components, inputCol="scaled", outputCol=VECTOR))
-    return Pipeline(stages=stages)
+        return PCA(k=cfg.pca_components, inputCol=SCALED, outputCol=VECTOR).fit(scaled)
+    full = PCA(k=len(cfg.features), inputCol=SCALED, outputCol=VECTOR).fit(scaled)
+    components = components_for_share(list(full.explainedVariance), cfg.pca_variance)
+    log.info("PCA: %d of %d components explain %.1f%% of the variance", components, len(cfg.features),
+             100 * sum(list(full.explainedVariance)[:components]))  # fmt: skip
+    return PCA(k=components, inputCol=SCALED, outputCol=VECTOR).fit(scaled)
+
+
+def components_for_share(explained: Sequence[float], share: float) -> int:
+    """The fewest leading components whose explained variance adds up to ``share``."""
+    total = 0.0
+    for i, value in enumerate(explained, start=1):
+        total += value
+        if total >= share - 1e-12:
+            return i
+    return len(explained)
 
 
 def clusterer(cfg: SegmentConfig, k: int) -> Estimator:
@@ -140,51 +210,153 @@ def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dic
     return points, models
 
 
-def value_order(scored: DataFrame, k: int) -> Transformer:
-    """A stage that renumbers raw clusters into segment ids by descending mean
-    monetary value (ties: the lower raw cluster first), so ids mean the same thing
-    from run to run. ``scored`` needs ``cluster`` and ``monetary``."""
-    means = scored.groupBy(PREDICTION).agg(F.avg(c.MONETARY).alias("m")).collect()  # k rows
-    mean_of = {row[PREDICTION]: row["m"] for row in means}
-    ranked = sorted(range(k), key=lambda cl: (-(mean_of.get(cl) if mean_of.get(cl) is not None else -math.inf), cl))
-    cases = " ".join(f"WHEN {cluster} THEN {segment}" for segment, cluster in enumerate(ranked))
+@dataclass(frozen=True)
+class ClusterStats:
+    """One raw cluster of a fit: its size, mean value, and centre in model-input units
+    (after capping and log1p, before scaling), comparable across retrains."""
+
+    cluster: int
+    customers: int
+    value: float | None
+    centre: list[float]
+
+
+def cluster_stats(clustered: DataFrame, features: Sequence[str], value_column: str) -> list[ClusterStats]:
+    """Per raw cluster (one aggregate, k rows): size, mean ``value_column``, and the
+    mean of every ``in_<feature>`` column."""
+    rows = (
+        clustered.groupBy(PREDICTION)
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.avg(value_column).alias("value"),
+            *[F.avg(input_column(f)).alias(f) for f in features],
+        )
+        .collect()
+    )  # k rows
+    return sorted(
+        (ClusterStats(r[PREDICTION], r["n"], r["value"], [r[f] for f in features]) for r in rows),
+        key=lambda s: s.cluster,
+    )
+
+
+def segment_ids(
+    stats: Sequence[ClusterStats], k: int, previous: dict[int, list[float]] | None, scale: Sequence[float]
+) -> dict[int, int]:
+    """Raw cluster -> segment id.
+
+    Without a previous model, segments are numbered by descending mean value (ties:
+    the lower raw cluster first), so 0 is the most valuable. With one, each new cluster
+    takes the id of the previous segment whose centre is nearest (a minimum-cost
+    matching on distances in standard deviations of the features); clusters left over
+    (k grew) take the lowest free ids in value order. So retraining on the same data
+    keeps every id, and a segment keeps its id while it keeps its place.
+    """
+    by_cluster = {s.cluster: s for s in stats}
+
+    def value_rank(cluster: int) -> tuple[float, int]:
+        value = by_cluster[cluster].value if cluster in by_cluster else None
+        return (-(value if value is not None else -math.inf), cluster)
+
+    ranked = sorted(range(k), key=value_rank)
+    if not previous:
+        return {cluster: segment for segment, cluster in enumerate(ranked)}
+    placed = [cl for cl in range(k) if cl in by_cluster]
+    old_ids = sorted(previous)
+    cost = [[_distance(by_cluster[cl].centre, previous[sid], scale) for sid in old_ids] for cl in placed]
+    mapping = {placed[i]: old_ids[j] for i, j in assign(cost)}
+    free = (sid for sid in range(k + len(old_ids)) if sid not in set(mapping.values()))
+    for cluster in ranked:
+        if cluster not in mapping:
+            mapping[cluster] = next(free)
+    return mapping
+
+
+def _distance(a: Sequence[float], b: Sequence[float], scale: Sequence[float]) -> float:
+    return math.sqrt(sum(((x - y) / (s or 1.0)) ** 2 for x, y, s in zip(a, b, scale, strict=True)))
+
+
+def relabel(mapping: dict[int, int]) -> Transformer:
+    """A stage turning raw cluster numbers into segment ids (saved with the model)."""
+    cases = " ".join(f"WHEN {cluster} THEN {segment}" for cluster, segment in sorted(mapping.items()))
     return SQLTransformer(
         statement=f"SELECT *, CAST(CASE {PREDICTION} {cases} END AS INT) AS {c.SEGMENT_ID} FROM __THIS__"
     )
 
 
-def fit(spark: SparkSession, features: DataFrame, cfg: Config, run_id: str) -> tuple[PipelineModel, SegmentResult]:
-    """Fit the preprocessing once, sweep k, choose, and assemble the final PipelineModel."""
+def fit(
+    spark: SparkSession,
+    features: DataFrame,
+    cfg: Config,
+    run_id: str,
+    previous: PreviousModel | None = None,
+) -> tuple[PipelineModel, SegmentResult]:
+    """Fit the preprocessing once, sweep k, choose, number the segments (matching
+    ``previous`` when given) and save the final PipelineModel."""
     seg = cfg.segment
     inputs = (
-        features.transform(model_inputs(seg.features, cfg.features.log1p))
+        features.transform(model_inputs(seg.features))
         .repartition(seg.fit_partitions, c.CUSTOMER_ID)
         .sortWithinPartitions(c.CUSTOMER_ID)
     )
-    prep = preprocessing(seg).fit(inputs)
+    caps = quantile_caps(inputs, seg.features, cfg.features.cap_quantile)
+    prep = preprocessing(seg, cfg.features.log1p, caps).fit(inputs)
+    scaler = prep.stages[-1]
+    prepared = prep.transform(inputs)
+    pca = principal_components(prepared, seg)
+    stages = [*prep.stages, *([pca] if pca else [])]
+    in_cols = [input_column(f) for f in seg.features]
     # KMeans iterates over its input many times per k: materialise the vectors once.
-    vectors = prep.transform(inputs).select(c.CUSTOMER_ID, VECTOR).persist(StorageLevel.MEMORY_AND_DISK)
+    vectors = (
+        (pca.transform(prepared) if pca else prepared)
+        .select(c.CUSTOMER_ID, *in_cols, VECTOR)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
     try:
-        points, models = sweep(vectors, seg)
+        customers = vectors.count()
+        if customers < seg.k_min:
+            raise ValueError(f"only {customers} customers have every model feature; at least {seg.k_min} needed")
+        points, models = sweep(vectors.select(c.CUSTOMER_ID, VECTOR), seg)
         k = seg.k or choose_k(points, seg.selection, seg.silhouette_tolerance)
         clustered = (
-            models[k].transform(vectors).join(features.select(c.CUSTOMER_ID, c.MONETARY), on=c.CUSTOMER_ID, how="inner")
+            models[k]
+            .transform(vectors)
+            .join(
+                features.select(c.CUSTOMER_ID, F.col(seg.value_feature).alias("_value")), on=c.CUSTOMER_ID, how="inner"
+            )
         )
-        ordering = value_order(clustered, k)
+        stats = cluster_stats(clustered, seg.features, "_value")
     finally:
         vectors.unpersist()
-    model = PipelineModel(stages=[*prep.stages, models[k], ordering])
+    usable = previous if previous and previous.features == list(seg.features) else None
+    mapping = segment_ids(stats, k, usable.centres if usable else None, list(scaler.std))
+    model = PipelineModel(stages=[*stages, models[k], relabel(mapping)])
     version = f"{seg.algorithm}-k{k}-{run_id}"
     path = io.resolve(seg.model_dir, version)
     model.write().overwrite().save(path)
-    log.info("chose k=%d by %s; model saved to %s", k, "config" if seg.k else seg.selection, path)
-    return model, SegmentResult(k=k, sweep=points, model_version=version, model_path=path)
+    log.info("chose k=%d by %s; segment ids %s%s; model saved to %s", k, "config" if seg.k else seg.selection,
+             mapping, f" (matched to {usable.version})" if usable else "", path)  # fmt: skip
+    centres = {mapping[s.cluster]: s.centre for s in stats}
+    return model, SegmentResult(
+        k=k,
+        sweep=points,
+        model_version=version,
+        model_path=path,
+        customers=customers,
+        caps=caps,
+        explained_variance=[float(v) for v in pca.explainedVariance] if pca else [],
+        centres=centres,
+        matched_to=usable.version if usable else None,
+    )
 
 
-def label(model: PipelineModel, features: DataFrame, cfg: Config, result: SegmentResult, run_id: str) -> DataFrame:
+def label(model: PipelineModel, features: DataFrame, cfg: Config, model_version: str, k: int, run_id: str) -> DataFrame:
     """Every customer in ``features`` gets exactly one label row; those the model
-    cannot place (no purchase before the as-of date) get segment -1."""
-    inputs = features.transform(model_inputs(cfg.segment.features, cfg.features.log1p))
+    cannot place (a model feature missing, e.g. no purchase before the as-of date)
+    get segment -1.
+
+    Output columns: customer_id, segment_id, k, run_id, as_of_date, model_version.
+    """
+    inputs = features.transform(model_inputs(cfg.segment.features))
     placed = model.transform(inputs).select(c.CUSTOMER_ID, c.SEGMENT_ID)
     return (
         features.select(c.CUSTOMER_ID, c.AS_OF_DATE)
@@ -192,10 +364,10 @@ def label(model: PipelineModel, features: DataFrame, cfg: Config, result: Segmen
         .select(
             c.CUSTOMER_ID,
             F.coalesce(F.col(c.SEGMENT_ID), F.lit(UNSEGMENTED)).alias(c.SEGMENT_ID),
-            F.lit(result.k).alias(c.K),
+            F.lit(k).alias(c.K),
             F.lit(run_id).alias(c.RUN_ID),
             c.AS_OF_DATE,
-            F.lit(result.model_version).alias(c.MODEL_VERSION),
+            F.lit(model_version).alias(c.MODEL_VERSION),
         )
     )
 
@@ -240,12 +412,75 @@ def segment_summary(labels: DataFrame, features: DataFrame) -> DataFrame:
     )
 
 
+MODEL_SCHEMA = (
+    "run_id STRING, model_version STRING, model_path STRING, algorithm STRING, as_of_date DATE, "
+    "fitted_at TIMESTAMP, k INT, selection STRING, features ARRAY<STRING>, log1p ARRAY<STRING>, "
+    "caps MAP<STRING, DOUBLE>, pca_components INT, explained_variance ARRAY<DOUBLE>, customers LONG, "
+    "wcss DOUBLE, silhouette DOUBLE, calinski_harabasz DOUBLE, davies_bouldin DOUBLE, "
+    "first_purchase_date DATE, last_purchase_date DATE, "
+    "centres ARRAY<STRUCT<segment_id: INT, centre: ARRAY<DOUBLE>>>, matched_to STRING"
+)
+
+
+def model_record(
+    spark: SparkSession, result: SegmentResult, cfg: Config, run_id: str, as_of, fitted_at, data_range
+) -> DataFrame:
+    """One row describing a fitted model: what it was fitted on, how, and how well;
+    the centres let the next retrain keep its segment ids."""
+    chosen = next(p for p in result.sweep if p.k == result.k)
+    seg = cfg.segment
+    row = (
+        run_id, result.model_version, result.model_path, seg.algorithm, as_of, fitted_at, result.k,
+        "config" if seg.k else seg.selection, list(seg.features), [f for f in cfg.features.log1p if f in seg.features],
+        result.caps, len(result.explained_variance) or None, result.explained_variance, result.customers,
+        chosen.wcss, chosen.silhouette, chosen.calinski_harabasz, chosen.davies_bouldin, *data_range,
+        [(sid, centre) for sid, centre in sorted(result.centres.items())], result.matched_to,
+    )  # fmt: skip
+    return spark.createDataFrame([row], MODEL_SCHEMA)
+
+
+def previous_model(spark: SparkSession, ref: io.TableRef) -> PreviousModel | None:
+    """The most recently fitted model on record, or None."""
+    if not io.exists(spark, ref):
+        return None
+    last = io.read(spark, ref).orderBy(F.col("fitted_at").desc(), F.col("run_id").desc()).first()
+    if last is None:
+        return None
+    return PreviousModel(
+        version=last["model_version"],
+        features=list(last["features"]),
+        centres={r["segment_id"]: list(r["centre"]) for r in last["centres"]},
+    )
+
+
+def data_range(features: DataFrame) -> tuple:
+    """The first and last purchase the features cover (None for customer tables)."""
+    if c.FIRST_PURCHASE not in features.columns:
+        return (None, None)
+    row = features.agg(F.min(c.FIRST_PURCHASE).alias("a"), F.max(c.LAST_PURCHASE).alias("b")).first()
+    return (row["a"], row["b"])
+
+
 def run(spark: SparkSession, cfg: Config, run_id: str) -> SegmentResult:
-    features = io.read(spark, io.table_ref(cfg.storage, cfg.tables.features))
+    """Fit (keeping the last model's segment ids), label every customer, and record the
+    sweep and the model."""
+    tables = cfg.tables
+    features = io.read(spark, io.table_ref(cfg.storage, tables.features))
     as_of = features.agg(F.max(c.AS_OF_DATE).alias("d")).first()["d"]
     if as_of is None:
         raise ValueError("the customer features table is empty: run the features job first")
-    model, result = fit(spark, features, cfg, run_id)
-    io.overwrite(label(model, features, cfg, result, run_id), io.table_ref(cfg.storage, cfg.tables.labels))
-    io.append(sweep_frame(spark, result, cfg, run_id, as_of), io.table_ref(cfg.storage, cfg.tables.k_sweep))
+    missing = sorted((set(cfg.segment.features) | {cfg.segment.value_feature}) - set(features.columns))
+    if missing:
+        raise ConfigError(
+            f"segment.features / segment.value_feature: {missing} not in the features table "
+            f"{io.table_ref(cfg.storage, tables.features)} (it has {features.columns})"
+        )
+    models_ref = io.table_ref(cfg.storage, tables.models)
+    fitted_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    model, result = fit(spark, features, cfg, run_id, previous_model(spark, models_ref))
+    labels = label(model, features, cfg, result.model_version, result.k, run_id)
+    io.overwrite(labels, io.table_ref(cfg.storage, tables.labels))
+    io.append(sweep_frame(spark, result, cfg, run_id, as_of), io.table_ref(cfg.storage, tables.k_sweep))
+    record = model_record(spark, result, cfg, run_id, as_of, fitted_at, data_range(features))
+    io.append(record, models_ref)
     return result
