@@ -44,7 +44,7 @@ params  # noqa: B018 - a notebook shows the last expression of a cell
 
 # COMMAND ----------
 
-from custseg import cli, io, model  # noqa: E402
+from custseg import cli, io  # noqa: E402
 from custseg.config import load_config  # noqa: E402
 from custseg.spark import get_spark  # noqa: E402
 
@@ -69,14 +69,13 @@ else:
 
 # MAGIC %md
 # MAGIC ## 4. The k sweep and the segments
-# MAGIC WCSS (the elbow) and silhouette for each k, the chosen k flagged; then the segment summary.
+# MAGIC WCSS (the elbow) and silhouette for each k, the chosen k flagged; then the segment profiles:
+# MAGIC size, shares of customers and revenue, the dominant RFM segment and a descriptive name.
 
 # COMMAND ----------
 
 sweep = io.read(spark, io.table_ref(cfg.storage, cfg.tables.k_sweep)).where(f"run_id = '{run_id}'").orderBy("k")
-labels = io.read(spark, io.table_ref(cfg.storage, cfg.tables.labels))
-features = io.read(spark, io.table_ref(cfg.storage, cfg.tables.features))
-summary = model.segment_summary(labels, features).orderBy("segment_id")
+summary = io.read(spark, io.table_ref(cfg.storage, cfg.tables.segment_profiles)).orderBy("segment_id")
 try:
     display(sweep)  # noqa: F821 - Databricks
     display(summary)  # noqa: F821

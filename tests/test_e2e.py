@@ -14,9 +14,9 @@ from tests.conftest import CONF, TEST_SETTINGS
 CUSTOMERS = 400
 
 
-def run_cli(command: str, *extra: str) -> int:
+def run_cli(command: str, *extra: str, run_id: str = "e2e-run") -> int:
     sources = [str(CONF / "sources" / "demo_pos.yaml"), str(CONF / "sources" / "demo_web.yaml")]
-    args = [command, "--config", str(CONF / "base.yaml"), "--config", str(CONF / "local.yaml"), "--run-id", "e2e-run"]
+    args = [command, "--config", str(CONF / "base.yaml"), "--config", str(CONF / "local.yaml"), "--run-id", run_id]
     for setting in [*TEST_SETTINGS, f"ingest.sources={sources}", f"demo.customers={CUSTOMERS}", *extra]:
         args += ["--set", setting]
     return main(args)
@@ -27,7 +27,9 @@ def test_demo_run_labels_every_valid_customer_once_and_recovers_archetypes(spark
     assert run_cli("demo") == 0
 
     lake = tmp_path / "data" / "lake"
-    labels = DeltaTable.forPath(spark, str(lake / "segment_labels")).toDF()
+    # the labels table is overwritten below: keep this run's labels
+    labels = DeltaTable.forPath(spark, str(lake / "segment_labels")).toDF().localCheckpoint()
+    labels_before = labels
     txns = DeltaTable.forPath(spark, str(lake / "transactions")).toDF()
 
     valid_customers = txns.select(c.CUSTOMER_ID).distinct()
@@ -47,6 +49,33 @@ def test_demo_run_labels_every_valid_customer_once_and_recovers_archetypes(spark
     run_log = DeltaTable.forPath(spark, str(lake / "run_log")).toDF()
     unbalanced = run_log.where("rows_read != accepted + quarantined + duplicates").count()
     assert run_log.count() == 2 and unbalanced == 0
+
+    stability = DeltaTable.forPath(spark, str(lake / "segment_stability_runs")).toDF()
+    seed_ari = stability.where("kind = 'seed'").agg({"ari": "min"}).first()[0]
+    report.append(f"end-to-end: stability, lowest adjusted Rand index between seeds = {seed_ari:.4f}")
+    assert stability.count() == 4 and seed_ari >= 0.9
+
+    k = labels.select(c.K).first()[c.K]
+    profiles = DeltaTable.forPath(spark, str(lake / "segment_profiles")).toDF()
+    names = [r["segment_name"] for r in profiles.where("segment_id >= 0").collect()]  # k rows
+    assert len(names) == k and len(set(names)) == k
+    assert profiles.agg({"customers": "sum"}).first()[0] == labels.count()
+
+    # Retraining on the same data keeps every customer's segment id, and the label
+    # history gains no row; scoring with the saved model changes nothing either.
+    history = DeltaTable.forPath(spark, str(lake / "segment_label_history"))
+    version = history.history(1).first()["version"]
+    assert run_cli("segment", "segment.seed=7", run_id="e2e-retrain") == 0
+    retrained = DeltaTable.forPath(spark, str(lake / "segment_labels")).toDF()
+    assert retrained.select(c.MODEL_VERSION).first()[0] != labels.select(c.MODEL_VERSION).first()[0]
+    assert_df_equality(
+        retrained.select(c.CUSTOMER_ID, c.SEGMENT_ID),
+        labels_before.select(c.CUSTOMER_ID, c.SEGMENT_ID),
+        ignore_row_order=True,
+    )
+    assert run_cli("score", run_id="e2e-score") == 0
+    assert history.history(1).first()["version"] == version
+    assert history.toDF().count() == labels_before.count()
 
 
 def test_cli_config_error_exits_2_with_message(tmp_path, monkeypatch, caplog):

@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
-from custseg import __version__, datagen, features, ingest, io, model
+from custseg import __version__, datagen, features, ingest, io, model, profiles
 from custseg import columns as c
 from custseg.config import Config, ConfigError, load_config, redacted
 from custseg.evaluate import adjusted_rand_index
@@ -78,8 +79,19 @@ def run_segment(spark: SparkSession, cfg: Config, run_id: str) -> None:
     log.info("segment: k=%d, model %s", result.k, result.model_version)
 
 
+def run_profile(spark: SparkSession, cfg: Config, run_id: str) -> None:
+    profiles.run(spark, cfg)
+
+
+def run_score(spark: SparkSession, cfg: Config, run_id: str) -> None:
+    change = model.score(spark, cfg, run_id, cfg.segment.score_model)
+    print(f"Scored: {change.new} new customers, {change.changed} moved segment, {change.unchanged} unchanged, "
+          f"{change.gone} no longer in the features table")  # fmt: skip
+
+
 def run_all(spark: SparkSession, cfg: Config, run_id: str) -> None:
-    for name, stage in (("ingest", run_ingest), ("features", run_features), ("segment", run_segment)):
+    stages = (("ingest", run_ingest), ("features", run_features), ("segment", run_segment), ("profile", run_profile))
+    for name, stage in stages:
         started = time.perf_counter()
         log.info("== %s ==", name)
         stage(spark, cfg, run_id)
@@ -96,14 +108,26 @@ def run_demo(spark: SparkSession, cfg: Config, run_id: str) -> None:
     print(f"Planted archetypes recovered with adjusted Rand index {ari:.3f}")
 
 
+SEGMENT_SUMMARY = (
+    "segment_id", "segment_name", "customers", "customer_share", "revenue_share", "dominant_rfm_segment",
+)  # fmt: skip
+
+
 def print_summary(spark: SparkSession, cfg: Config) -> None:
-    labels = io.read(spark, io.table_ref(cfg.storage, cfg.tables.labels))
-    feats = io.read(spark, io.table_ref(cfg.storage, cfg.tables.features))
-    summary = model.segment_summary(labels, feats).orderBy(c.SEGMENT_ID).toPandas()  # one row per segment
-    print(f"\nSegments ({len(summary)} incl. -1 = no purchase before the as-of date, if any):")
-    print(summary.to_string(index=False))
-    for key in ("labels", "k_sweep", "features", "transactions", "quarantine", "run_log", "profile"):
-        print(f"  {key:<13} {io.table_ref(cfg.storage, getattr(cfg.tables, key))}")
+    """The segment profiles (one row per segment), stability and where the tables are."""
+    profile = io.read(spark, io.table_ref(cfg.storage, cfg.tables.segment_profiles))
+    table = profile.select(*SEGMENT_SUMMARY).orderBy(c.SEGMENT_ID).toPandas()  # one row per segment
+    print(f"\nSegments ({len(table)}; -1 = customers the model cannot place, e.g. no purchase yet):")
+    print(table.to_string(index=False))
+    stability_ref = io.table_ref(cfg.storage, cfg.tables.stability)
+    if io.exists(spark, stability_ref):
+        runs = io.read(spark, stability_ref)
+        last = runs.where(F.col(c.RUN_ID) == runs.agg(F.max(c.RUN_ID)).first()[0])
+        rows = last.groupBy("kind").agg(F.avg("ari").alias("ari"), F.count(F.lit(1)).alias("n")).collect()
+        print("Stability (adjusted Rand index against the labels): "
+              + ", ".join(f"{r['kind']} refits {r['ari']:.3f} (n={r['n']})" for r in sorted(rows)))  # fmt: skip
+    for key in ("segment_profiles", "labels", "label_history", "models", "k_sweep", "features", "transactions"):
+        print(f"  {key:<17} {io.table_ref(cfg.storage, getattr(cfg.tables, key))}")
 
 
 STAGES: dict[str, tuple[Callable[[SparkSession, Config, str], None], str]] = {
@@ -112,8 +136,14 @@ STAGES: dict[str, tuple[Callable[[SparkSession, Config, str], None], str]] = {
         "consolidate the raw sources into the canonical transactions table (plus quarantine and run log)",
     ),
     "features": (run_features, "compute RFM and behavioural features per customer as of a date"),
-    "segment": (run_segment, "scale, PCA, sweep k with KMeans, choose k, write labels and the k sweep"),
-    "run": (run_all, "ingest, features and segment in order, then print a per-segment summary"),
+    "segment": (run_segment, "scale, PCA, sweep k, choose k, fit, label, merge history, check stability"),
+    "profile": (run_profile, "profile and name the segments (sizes, shares, feature z-scores, RFM mix)"),
+    "score": (
+        run_score,
+        "label the customers in the features table with the latest saved model (or segment.score_model), "
+        "without refitting",
+    ),
+    "run": (run_all, "ingest, features, segment and profile in order, then print the segments"),
     "demo": (run_demo, "generate the demo sources, run everything, and score against the planted truth"),
 }
 

@@ -38,6 +38,10 @@ DISTINCT_PRODUCTS = "distinct_products"
 RETURN_RATE = "return_rate"
 PURCHASES_PER_MONTH = "purchases_per_month"
 
+# model columns
+PREDICTION = "cluster"  # a clusterer's raw cluster number, before segment ids are assigned
+VECTOR = "features_vector"  # what the clusterer sees: scaled (and projected) features
+
 # segment labels and sweep
 SEGMENT_ID = "segment_id"
 K = "k"

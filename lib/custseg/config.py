@@ -122,6 +122,7 @@ class SegmentConfig:
     model_dir: str
     pca_variance: float | None = None  # keep the fewest components explaining this share; None: pca_components
     value_feature: str = "monetary"  # segments are numbered by its mean, highest first
+    score_model: str | None = None  # the model version the score job uses; None: the latest
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ customers later needs no refit and yields the same segment ids.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -21,11 +22,11 @@ from pyspark.ml import Estimator, Model, Pipeline, PipelineModel, Transformer
 from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import PCA, PCAModel, SQLTransformer, StandardScaler, VectorAssembler
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from custseg import columns as c
-from custseg import io
+from custseg import history, io, stability
 from custseg.config import Config, ConfigError, SegmentConfig
 from custseg.evaluate import SweepPoint, choose_k, cluster_indices
 from custseg.matching import assign
@@ -33,8 +34,8 @@ from custseg.matching import assign
 log = logging.getLogger(__name__)
 
 UNSEGMENTED = -1  # customers with no purchase before the as-of date: nothing to place
-PREDICTION = "cluster"
-VECTOR = "features_vector"
+PREDICTION = c.PREDICTION
+VECTOR = c.VECTOR
 SCALED = "scaled"
 
 LABEL_COLUMNS = (c.CUSTOMER_ID, c.SEGMENT_ID, c.K, c.RUN_ID, c.AS_OF_DATE, c.MODEL_VERSION)
@@ -283,6 +284,16 @@ def relabel(mapping: dict[int, int]) -> Transformer:
     )
 
 
+def fit_inputs(features: DataFrame, seg: SegmentConfig) -> DataFrame:
+    """The model inputs laid out the same way whatever the cluster: k-means|| samples
+    per partition, so the same seed gives the same labels only on the same layout."""
+    return (
+        features.transform(model_inputs(seg.features))
+        .repartition(seg.fit_partitions, c.CUSTOMER_ID)
+        .sortWithinPartitions(c.CUSTOMER_ID)
+    )
+
+
 def fit(
     spark: SparkSession,
     features: DataFrame,
@@ -293,11 +304,7 @@ def fit(
     """Fit the preprocessing once, sweep k, choose, number the segments (matching
     ``previous`` when given) and save the final PipelineModel."""
     seg = cfg.segment
-    inputs = (
-        features.transform(model_inputs(seg.features))
-        .repartition(seg.fit_partitions, c.CUSTOMER_ID)
-        .sortWithinPartitions(c.CUSTOMER_ID)
-    )
+    inputs = fit_inputs(features, seg)
     caps = quantile_caps(inputs, seg.features, cfg.features.cap_quantile)
     prep = preprocessing(seg, cfg.features.log1p, caps).fit(inputs)
     scaler = prep.stages[-1]
@@ -382,36 +389,6 @@ def sweep_frame(spark: SparkSession, result: SegmentResult, cfg: Config, run_id:
     return spark.createDataFrame(rows, SWEEP_SCHEMA)
 
 
-def segment_summary(labels: DataFrame, features: DataFrame) -> DataFrame:
-    """Per segment: customers, share of customers, share of revenue, and mean RFM.
-
-    Input columns: labels (customer_id, segment_id), features (customer_id, recency_days,
-    frequency, monetary, avg_order_value).
-    Output columns: segment_id, customers, customer_share, revenue_share,
-    mean_recency_days, mean_frequency, mean_monetary, mean_avg_order_value.
-    """
-    joined = labels.select(c.CUSTOMER_ID, c.SEGMENT_ID).join(features, on=c.CUSTOMER_ID, how="inner")
-    per_segment = joined.groupBy(c.SEGMENT_ID).agg(
-        F.count(F.lit(1)).alias("customers"),
-        F.sum(c.MONETARY).alias("revenue"),
-        F.avg(c.RECENCY_DAYS).alias("mean_recency_days"),
-        F.avg(c.FREQUENCY).alias("mean_frequency"),
-        F.avg(c.MONETARY).alias("mean_monetary"),
-        F.avg(c.AVG_ORDER_VALUE).alias("mean_avg_order_value"),
-    )
-    totals = per_segment.agg(F.sum("customers").alias("all_customers"), F.sum("revenue").alias("all_revenue"))
-    return per_segment.crossJoin(totals).select(
-        c.SEGMENT_ID,
-        "customers",
-        F.round(F.col("customers") / F.col("all_customers"), 4).alias("customer_share"),
-        F.round(F.col("revenue") / F.col("all_revenue"), 4).alias("revenue_share"),
-        F.round("mean_recency_days", 1).alias("mean_recency_days"),
-        F.round("mean_frequency", 2).alias("mean_frequency"),
-        F.round("mean_monetary", 2).alias("mean_monetary"),
-        F.round("mean_avg_order_value", 2).alias("mean_avg_order_value"),
-    )
-
-
 MODEL_SCHEMA = (
     "run_id STRING, model_version STRING, model_path STRING, algorithm STRING, as_of_date DATE, "
     "fitted_at TIMESTAMP, k INT, selection STRING, features ARRAY<STRING>, log1p ARRAY<STRING>, "
@@ -461,26 +438,104 @@ def data_range(features: DataFrame) -> tuple:
     return (row["a"], row["b"])
 
 
-def run(spark: SparkSession, cfg: Config, run_id: str) -> SegmentResult:
-    """Fit (keeping the last model's segment ids), label every customer, and record the
-    sweep and the model."""
-    tables = cfg.tables
-    features = io.read(spark, io.table_ref(cfg.storage, tables.features))
+def check_stability(
+    spark: SparkSession, model: PipelineModel, features: DataFrame, labels: DataFrame, cfg: Config, k: int, run_id: str
+) -> stability.StabilityReport | None:
+    """Refit the chosen k with other seeds and on bootstrap samples (same preprocessing)
+    and record how well each refit agrees with ``labels``."""
+    conf = cfg.stability
+    if not conf.seeds and not conf.bootstrap:
+        return None
+    seg = cfg.segment
+    seeds = list(conf.seeds) or [seg.seed]
+    prep = PipelineModel(stages=model.stages[:-2])  # everything before the clusterer
+    vectors = prep.transform(fit_inputs(features, seg)).select(c.CUSTOMER_ID, VECTOR)
+    report = stability.stability(
+        vectors,
+        labels.where(F.col(c.SEGMENT_ID) >= 0).select(c.CUSTOMER_ID, c.SEGMENT_ID),
+        lambda seed: clusterer(dataclasses.replace(seg, seed=seed), k),
+        seeds=seeds,
+        bootstrap=conf.bootstrap,
+        bootstrap_seed=seg.seed,
+        threshold=conf.threshold,
+    )
+    runs, segments = stability.stability_frames(spark, report, run_id)
+    io.append(runs, io.table_ref(cfg.storage, cfg.tables.stability))
+    io.append(segments, io.table_ref(cfg.storage, cfg.tables.segment_stability))
+    return report
+
+
+def save_labels(spark: SparkSession, labels: DataFrame, cfg: Config, run_id: str) -> history.HistoryChange:
+    """The current labels (overwritten) and their history (merged: only changes)."""
+    labels_ref = io.table_ref(cfg.storage, cfg.tables.labels)
+    io.overwrite(labels, labels_ref)
+    run_ts = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    change = history.merge_history(
+        spark, io.read(spark, labels_ref), io.table_ref(cfg.storage, cfg.tables.label_history), run_id, run_ts
+    )
+    log.info("label history: %d new, %d changed segment, %d unchanged, %d gone",
+             change.new, change.changed, change.unchanged, change.gone)  # fmt: skip
+    return change
+
+
+def read_features(spark: SparkSession, cfg: Config) -> tuple[DataFrame, dt.date]:
+    ref = io.table_ref(cfg.storage, cfg.tables.features)
+    if not io.exists(spark, ref):
+        raise ValueError(f"no customer features table at {ref}: run the features job first")
+    features = io.read(spark, ref)
     as_of = features.agg(F.max(c.AS_OF_DATE).alias("d")).first()["d"]
     if as_of is None:
-        raise ValueError("the customer features table is empty: run the features job first")
+        raise ValueError(f"the customer features table {ref} is empty: run the features job first")
     missing = sorted((set(cfg.segment.features) | {cfg.segment.value_feature}) - set(features.columns))
     if missing:
         raise ConfigError(
-            f"segment.features / segment.value_feature: {missing} not in the features table "
-            f"{io.table_ref(cfg.storage, tables.features)} (it has {features.columns})"
+            f"segment.features / segment.value_feature: {missing} not in the features table {ref} "
+            f"(it has {features.columns})"
         )
-    models_ref = io.table_ref(cfg.storage, tables.models)
+    return features, as_of
+
+
+def run(spark: SparkSession, cfg: Config, run_id: str) -> SegmentResult:
+    """Fit (keeping the last model's segment ids), label every customer, merge the label
+    history, check stability, and record the sweep and the model."""
+    features, as_of = read_features(spark, cfg)
+    models_ref = io.table_ref(cfg.storage, cfg.tables.models)
     fitted_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     model, result = fit(spark, features, cfg, run_id, previous_model(spark, models_ref))
-    labels = label(model, features, cfg, result.model_version, result.k, run_id)
-    io.overwrite(labels, io.table_ref(cfg.storage, tables.labels))
-    io.append(sweep_frame(spark, result, cfg, run_id, as_of), io.table_ref(cfg.storage, tables.k_sweep))
-    record = model_record(spark, result, cfg, run_id, as_of, fitted_at, data_range(features))
-    io.append(record, models_ref)
+    save_labels(spark, label(model, features, cfg, result.model_version, result.k, run_id), cfg, run_id)
+    labels = io.read(spark, io.table_ref(cfg.storage, cfg.tables.labels))
+    check_stability(spark, model, features, labels, cfg, result.k, run_id)
+    io.append(sweep_frame(spark, result, cfg, run_id, as_of), io.table_ref(cfg.storage, cfg.tables.k_sweep))
+    io.append(model_record(spark, result, cfg, run_id, as_of, fitted_at, data_range(features)), models_ref)
     return result
+
+
+def latest_model(spark: SparkSession, cfg: Config, version: str | None = None) -> tuple[PipelineModel, Row]:
+    """The saved model ``version``, or the most recently fitted one, with its record."""
+    ref = io.table_ref(cfg.storage, cfg.tables.models)
+    if not io.exists(spark, ref):
+        raise ValueError(f"no model on record in {ref}: run the segment job first")
+    records = io.read(spark, ref)
+    if version:
+        records = records.where(F.col(c.MODEL_VERSION) == version)
+    record = records.orderBy(F.col("fitted_at").desc(), F.col(c.RUN_ID).desc()).first()
+    if record is None:
+        raise ValueError(f"model {version!r} is not on record in {ref}")
+    return PipelineModel.load(record["model_path"]), record
+
+
+def score(spark: SparkSession, cfg: Config, run_id: str, version: str | None = None) -> history.HistoryChange:
+    """Label the customers in the features table with a saved model, without refitting:
+    new customers get a segment, changed ones may move, and the history records only
+    the moves."""
+    features, _ = read_features(spark, cfg)
+    model, record = latest_model(spark, cfg, version)
+    if list(record["features"]) != list(cfg.segment.features):
+        raise ConfigError(
+            f"segment.features is {list(cfg.segment.features)} but model {record['model_version']} was fitted on "
+            f"{list(record['features'])}: refit with the segment job, or configure the model's features"
+        )
+    log.info("scoring with model %s (fitted %s on %d customers)", record["model_version"], record["fitted_at"],
+             record["customers"])  # fmt: skip
+    labels = label(model, features, cfg, record["model_version"], record["k"], run_id)
+    return save_labels(spark, labels, cfg, run_id)

@@ -20,7 +20,6 @@ from pyspark.sql import functions as F
 
 from custseg import columns as c
 from custseg.evaluate import adjusted_rand_index
-from custseg.model import PREDICTION
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +115,11 @@ def best_match_jaccard(reference: str, other: str) -> Callable[[DataFrame], Data
 
 def _compare(predictions: DataFrame, reference: DataFrame) -> tuple[float, dict[int, float]]:
     """ARI and per-segment best-match Jaccard of one refit against the reference."""
-    compared = predictions.select(c.CUSTOMER_ID, PREDICTION).join(
+    compared = predictions.select(c.CUSTOMER_ID, c.PREDICTION).join(
         reference.select(c.CUSTOMER_ID, c.SEGMENT_ID), on=c.CUSTOMER_ID, how="inner"
     )
-    ari = adjusted_rand_index(compared, c.SEGMENT_ID, PREDICTION)
-    jaccards = compared.transform(best_match_jaccard(c.SEGMENT_ID, PREDICTION)).collect()  # k rows
+    ari = adjusted_rand_index(compared, c.SEGMENT_ID, c.PREDICTION)
+    jaccards = compared.transform(best_match_jaccard(c.SEGMENT_ID, c.PREDICTION)).collect()  # k rows
     return ari, {r[c.SEGMENT_ID]: r[JACCARD] for r in jaccards}
 
 
