@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from chispa import assert_df_equality
 from delta.tables import DeltaTable
 
@@ -14,9 +16,10 @@ from tests.conftest import CONF, TEST_SETTINGS
 CUSTOMERS = 400
 
 
-def run_cli(command: str, *extra: str, run_id: str = "e2e-run") -> int:
+def run_cli(command: str, *extra: str, run_id: str = "e2e-run", configs: Sequence[str] = ()) -> int:
     sources = [str(CONF / "sources" / "demo_pos.yaml"), str(CONF / "sources" / "demo_web.yaml")]
-    args = [command, "--config", str(CONF / "base.yaml"), "--config", str(CONF / "local.yaml"), "--run-id", run_id]
+    args = [command, "--config", str(CONF / "base.yaml"), "--config", str(CONF / "local.yaml"), *configs]
+    args += ["--run-id", run_id]
     for setting in [*TEST_SETTINGS, f"ingest.sources={sources}", f"demo.customers={CUSTOMERS}", *extra]:
         args += ["--set", setting]
     return main(args)

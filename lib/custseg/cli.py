@@ -23,7 +23,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from custseg import __version__, datagen, features, ingest, io, model, profiles
+from custseg import __version__, customers, datagen, features, ingest, io, model, profiles
 from custseg import columns as c
 from custseg.config import Config, ConfigError, load_config, redacted
 from custseg.evaluate import adjusted_rand_index
@@ -51,8 +51,13 @@ def default_configs() -> list[str]:
 
 
 def run_ingest(spark: SparkSession, cfg: Config, run_id: str) -> None:
-    result = ingest.run(spark, cfg, run_id)
-    print_profile(result.profile)
+    if cfg.sources:
+        result = ingest.run(spark, cfg, run_id)
+        print_profile(result.profile)
+    if cfg.customers is not None:
+        counts = customers.run(spark, cfg, run_id)
+        print(f"\nCustomer table {cfg.customers.name}: read {counts.rows_read}, accepted {counts.accepted}, "
+              f"quarantined {counts.quarantined}, exact duplicates {counts.duplicates}")  # fmt: skip
 
 
 PROFILE_SUMMARY = (

@@ -56,6 +56,8 @@ class TablesConfig:
     labels: str
     k_sweep: str
     profile: str
+    customer_attributes: str  # one row per customer of the customer table
+    customer_quarantine: str  # customer-table rows that could not be used, with a reason
     models: str  # one row per fitted model: metadata, metrics, centres
     label_history: str  # segment labels over time (valid_from / valid_to)
     segment_profiles: str  # one row per segment of a run: size, shares, name
@@ -79,6 +81,7 @@ class IngestConfig:
     drop_duplicates: bool  # exact duplicate lines count once; false keeps every copy
     quarantine_future: bool  # a transaction after the run's start is quarantined
     extreme_iqr_factor: float | None  # flag amounts beyond Q3 + f * IQR of log1p|amount|; None: no flags
+    customers: str | None = None  # a customer-attribute mapping (conf/sources/*.yaml); None: none
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,6 @@ class FeaturesConfig:
     as_of_date: dt.date | None  # None: the day after the newest accepted transaction
     log1p: list[str]  # skewed features that enter the model as log1p(max(x, 0))
     cap_quantile: float | None  # cap model features at this quantile before log1p; None: no cap
-    customers: str | None  # a customer-attribute mapping (conf/sources/*.yaml); None: none
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,17 @@ class Config:
     segment: SegmentConfig
     stability: StabilityConfig
     sources: tuple[SourceConfig, ...] = field(default=())
+    customers: CustomerSourceConfig | None = None
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        """Customer attribute name -> "numeric" or "categorical" (none without a table)."""
+        if self.customers is None:
+            return {}
+        return {
+            **dict.fromkeys(self.customers.numeric, "numeric"),
+            **dict.fromkeys(self.customers.categorical, "categorical"),
+        }
 
     def validate(self, origins: Mapping[str, str] | None = None) -> Config:
         """Cross-field checks; ``origins`` maps keys to the file that set them, for messages."""
@@ -158,10 +171,14 @@ class Config:
         check(seg.k is None or seg.k >= 2, "segment.k", "must be at least 2")
         check(seg.fit_partitions >= 1, "segment.fit_partitions", "must be at least 1")
         check(bool(seg.features), "segment.features", "must name at least one feature")
-        unknown = sorted(set(seg.features) - set(MODEL_FEATURES))
-        check(not unknown, "segment.features", f"unknown features {unknown}; known: {MODEL_FEATURES}")
-        unknown = sorted(set(self.features.log1p) - set(MODEL_FEATURES))
-        check(not unknown, "features.log1p", f"unknown features {unknown}; known: {MODEL_FEATURES}")
+        known = [*MODEL_FEATURES, *self.attributes] if self.sources else list(self.attributes)
+        unknown = sorted(set(seg.features) - set(known))
+        check(not unknown, "segment.features", f"unknown features {unknown}; known: {known}")
+        numeric = [f for f in known if self.attributes.get(f) != "categorical"]
+        unknown = sorted(set(self.features.log1p) & (set(seg.features) - set(numeric)))
+        check(not unknown, "features.log1p", f"{unknown} are not numeric features")
+        check(bool(self.sources) or self.customers is not None, "ingest.sources",
+              "lists no source, and there is no customer table (ingest.customers) either")  # fmt: skip
         check(seg.pca_variance is None or 0 < seg.pca_variance <= 1, "segment.pca_variance", "must be in (0, 1]")
         check(
             not (seg.pca_variance and seg.pca_components),
@@ -248,6 +265,42 @@ class SourceConfig:
         return self
 
 
+@dataclass(frozen=True)
+class CustomerSourceConfig:
+    """A customer-attribute table: one row per customer (demographics, a CRM export).
+    Attributes map a name to a source column or SQL expression, as in SourceColumns.
+    Numeric attributes can be model features; categorical ones are one-hot encoded when
+    listed in segment.features, and otherwise only describe the segments."""
+
+    name: str
+    format: Literal["csv", "whitespace", "json", "parquet", "delta"]
+    path: str
+    customer_id: str
+    numeric: dict[str, str] = field(default_factory=dict)
+    categorical: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+    explode: str | None = None  # not used for customer tables; read_source expects it
+    file: str = ""
+
+    def validate(self) -> CustomerSourceConfig:
+        names = [*self.numeric, *self.categorical]
+        if not names:
+            raise ConfigError(f"{self.file}: map at least one attribute under numeric or categorical")
+        clash = sorted((set(self.numeric) & set(self.categorical)) | (set(names) & set(RESERVED_NAMES)))
+        if clash:
+            raise ConfigError(f"{self.file}: attribute names {clash} are taken (by a feature or twice here)")
+        bad = [n for n in names if not re.fullmatch(r"[a-z][a-z0-9_]*", n)]
+        if bad:
+            raise ConfigError(f"{self.file}: attribute names must be snake_case identifiers, got {bad}")
+        return self
+
+
+RESERVED_NAMES = (
+    *MODEL_FEATURES, "customer_id", "as_of_date", "first_purchase_date", "last_purchase_date", "segment_id",
+    "r_score", "f_score", "m_score", "rfm_segment", "source", "source_file", "run_id",
+)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- loading
 
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
@@ -266,7 +319,8 @@ def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> C
         _merge(merged, _nest(key, value), "--set", origins, prefix="")
     cfg = _build(Config, merged, "", origins)
     sources = tuple(load_source(p) for p in cfg.ingest.sources)
-    return dataclasses.replace(cfg, sources=sources).validate(origins)
+    customers = load_customer_source(cfg.ingest.customers) if cfg.ingest.customers else None
+    return dataclasses.replace(cfg, sources=sources, customers=customers).validate(origins)
 
 
 def load_source(path: str | Path) -> SourceConfig:
@@ -275,6 +329,12 @@ def load_source(path: str | Path) -> SourceConfig:
     _merge({}, data, str(path), origins, prefix="")
     data.setdefault("file", str(path))
     return _build(SourceConfig, data, "", origins).validate()
+
+
+def load_customer_source(path: str | Path) -> CustomerSourceConfig:
+    data = _read_yaml(Path(path))
+    data.setdefault("file", str(path))
+    return _build(CustomerSourceConfig, data, "", {}).validate()
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

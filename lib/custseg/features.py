@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from custseg import columns as c
 from custseg import io
-from custseg.config import RFM_FEATURES, Config, RfmConfig, RfmRule
+from custseg.config import RFM_FEATURES, Config, ConfigError, RfmConfig, RfmRule
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +173,51 @@ def default_as_of(txns: DataFrame) -> dt.date:
     return newest + dt.timedelta(days=1)
 
 
+def with_attributes(attributes: DataFrame, names: Sequence[str], as_of: dt.date) -> Callable[[DataFrame], DataFrame]:
+    """Customer features + customer attributes, by customer id. Customers on only one
+    side are kept: a customer with attributes but no transaction has null transaction
+    features (and is unsegmented if the model needs them).
+
+    Input columns: customer features (customer_id, as_of_date, ...); ``attributes``:
+    customer_id and ``names``.
+    Output columns: the feature columns, then ``names``.
+    """
+
+    def transform(features: DataFrame) -> DataFrame:
+        joined = features.join(attributes.select(c.CUSTOMER_ID, *names), on=c.CUSTOMER_ID, how="full")
+        return joined.select(
+            c.CUSTOMER_ID,
+            *[F.lit(as_of).alias(col) if col == c.AS_OF_DATE else F.col(col) for col in features.columns[1:]],
+            *names,
+        )
+
+    return transform
+
+
 def run(spark: SparkSession, cfg: Config) -> dt.date:
-    """Compute and overwrite the features table; return the as-of date used."""
+    """Compute and overwrite the features table; return the as-of date used.
+
+    With transaction sources: RFM and behavioural features plus RFM scores, and the
+    customer attributes when a customer table is configured. Without: the customer
+    attributes alone, as of ``features.as_of_date`` (which is then required).
+    """
+    names = list(cfg.attributes)
+    attributes = io.read(spark, io.table_ref(cfg.storage, cfg.tables.customer_attributes)) if names else None
+    if not cfg.sources:
+        if cfg.features.as_of_date is None:
+            raise ConfigError("features.as_of_date: required when there are no transaction sources (ingest.sources)")
+        as_of = cfg.features.as_of_date
+        features = attributes.select(c.CUSTOMER_ID, F.lit(as_of).alias(c.AS_OF_DATE), *names)
+        io.overwrite(features, io.table_ref(cfg.storage, cfg.tables.features))
+        return as_of
     source = io.table_ref(cfg.storage, cfg.tables.transactions)
     txns = io.read(spark, source)
     as_of = cfg.features.as_of_date or default_as_of(txns)
     log.info("features as of %s from %s", as_of, source)
-    features = txns.transform(customer_features(as_of)).persist(StorageLevel.MEMORY_AND_DISK)
+    features = txns.transform(customer_features(as_of))
+    if attributes is not None:
+        features = features.transform(with_attributes(attributes, names, as_of))
+    features = features.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         edges = rfm_cut_points(features, cfg.rfm)
         log.info("RFM bin edges: %s", edges)

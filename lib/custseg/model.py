@@ -21,7 +21,15 @@ from pyspark import StorageLevel
 from pyspark.ml import Estimator, Model, Pipeline, PipelineModel, Transformer
 from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
-from pyspark.ml.feature import PCA, PCAModel, SQLTransformer, StandardScaler, VectorAssembler
+from pyspark.ml.feature import (
+    PCA,
+    OneHotEncoder,
+    PCAModel,
+    SQLTransformer,
+    StandardScaler,
+    StringIndexer,
+    VectorAssembler,
+)
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
@@ -67,9 +75,10 @@ class PreviousModel:
     centres: dict[int, list[float]]
 
 
-def model_inputs(features: Sequence[str]) -> Callable[[DataFrame], DataFrame]:
-    """Customer features -> customer_id plus the model features as doubles; rows with any
-    feature missing are left out (see ``UNSEGMENTED``).
+def model_inputs(features: Sequence[str], categorical: Sequence[str] = ()) -> Callable[[DataFrame], DataFrame]:
+    """Customer features -> customer_id plus the model features, numeric ones as doubles
+    and ``categorical`` ones as text; rows with any feature missing are left out (see
+    ``UNSEGMENTED``).
 
     Input columns: customer_id and every name in ``features``.
     Output columns: customer_id, then ``features`` in order.
@@ -79,7 +88,8 @@ def model_inputs(features: Sequence[str]) -> Callable[[DataFrame], DataFrame]:
         complete = F.lit(True)
         for f in features:
             complete = complete & F.col(f).isNotNull()
-        return df.where(complete).select(c.CUSTOMER_ID, *[F.col(f).cast("double").alias(f) for f in features])
+        typed = [F.col(f).cast("string" if f in categorical else "double").alias(f) for f in features]
+        return df.where(complete).select(c.CUSTOMER_ID, *typed)
 
     return transform
 
@@ -110,17 +120,45 @@ def input_transform(features: Sequence[str], log1p: Sequence[str], caps: dict[st
         if f in log1p:
             expr = f"LOG1P(GREATEST({expr}, 0.0D))"
         exprs.append(f"{expr} AS `{input_column(f)}`")
-    return SQLTransformer(statement=f"SELECT *, {', '.join(exprs)} FROM __THIS__")
+    return SQLTransformer(statement=f"SELECT {', '.join(['*', *exprs])} FROM __THIS__")
 
 
-def preprocessing(cfg: SegmentConfig, log1p: Sequence[str] = (), caps: dict[str, float] | None = None) -> Pipeline:
-    """Transform skewed features, assemble, then centre and scale. PCA is fitted
-    separately (``principal_components``), as it may choose its own dimension."""
+def numeric_features(cfg: Config) -> list[str]:
+    return [f for f in cfg.segment.features if cfg.attributes.get(f) != "categorical"]
+
+
+def categorical_features(cfg: Config) -> list[str]:
+    return [f for f in cfg.segment.features if cfg.attributes.get(f) == "categorical"]
+
+
+def preprocessing(
+    cfg: SegmentConfig,
+    log1p: Sequence[str] = (),
+    caps: dict[str, float] | None = None,
+    categorical: Sequence[str] = (),
+) -> Pipeline:
+    """Transform skewed features, one-hot encode categorical ones, assemble (numeric
+    first), then centre and scale. PCA is fitted separately (``principal_components``),
+    as it may choose its own dimension."""
+    numeric = [f for f in cfg.features if f not in categorical]
+    indexed = [f"idx_{f}" for f in categorical]
+    encoding = []
+    if categorical:
+        encoding = [
+            # alphabetical, so the encoding does not depend on which value is commonest;
+            # a value unseen at fit time scores as all zeros
+            StringIndexer(inputCols=list(categorical), outputCols=indexed, handleInvalid="keep",
+                          stringOrderType="alphabetAsc"),
+            OneHotEncoder(inputCols=indexed, outputCols=[input_column(f) for f in categorical], dropLast=True),
+        ]  # fmt: skip
     return Pipeline(
         stages=[
-            input_transform(cfg.features, log1p, caps or {}),
+            input_transform(numeric, log1p, caps or {}),
+            *encoding,
             VectorAssembler(
-                inputCols=[input_column(f) for f in cfg.features], outputCol="assembled", handleInvalid="error"
+                inputCols=[input_column(f) for f in [*numeric, *categorical]],
+                outputCol="assembled",
+                handleInvalid="error",
             ),
             StandardScaler(
                 inputCol="assembled",
@@ -140,16 +178,16 @@ def _uses_pca(cfg: SegmentConfig) -> bool:
     return bool(cfg.pca_components or cfg.pca_variance)
 
 
-def principal_components(scaled: DataFrame, cfg: SegmentConfig) -> PCAModel | None:
+def principal_components(scaled: DataFrame, cfg: SegmentConfig, dims: int) -> PCAModel | None:
     """PCA on the scaled features: ``pca_components`` components, or the fewest whose
     cumulative explained variance reaches ``pca_variance``; None when PCA is off."""
     if not _uses_pca(cfg):
         return None
     if cfg.pca_components:
         return PCA(k=cfg.pca_components, inputCol=SCALED, outputCol=VECTOR).fit(scaled)
-    full = PCA(k=len(cfg.features), inputCol=SCALED, outputCol=VECTOR).fit(scaled)
+    full = PCA(k=dims, inputCol=SCALED, outputCol=VECTOR).fit(scaled)
     components = components_for_share(list(full.explainedVariance), cfg.pca_variance)
-    log.info("PCA: %d of %d components explain %.1f%% of the variance", components, len(cfg.features),
+    log.info("PCA: %d of %d components explain %.1f%% of the variance", components, dims,
              100 * sum(list(full.explainedVariance)[:components]))  # fmt: skip
     return PCA(k=components, inputCol=SCALED, outputCol=VECTOR).fit(scaled)
 
@@ -284,11 +322,12 @@ def relabel(mapping: dict[int, int]) -> Transformer:
     )
 
 
-def fit_inputs(features: DataFrame, seg: SegmentConfig) -> DataFrame:
+def fit_inputs(features: DataFrame, cfg: Config) -> DataFrame:
     """The model inputs laid out the same way whatever the cluster: k-means|| samples
     per partition, so the same seed gives the same labels only on the same layout."""
+    seg = cfg.segment
     return (
-        features.transform(model_inputs(seg.features))
+        features.transform(model_inputs(seg.features, categorical_features(cfg)))
         .repartition(seg.fit_partitions, c.CUSTOMER_ID)
         .sortWithinPartitions(c.CUSTOMER_ID)
     )
@@ -304,14 +343,15 @@ def fit(
     """Fit the preprocessing once, sweep k, choose, number the segments (matching
     ``previous`` when given) and save the final PipelineModel."""
     seg = cfg.segment
-    inputs = fit_inputs(features, seg)
-    caps = quantile_caps(inputs, seg.features, cfg.features.cap_quantile)
-    prep = preprocessing(seg, cfg.features.log1p, caps).fit(inputs)
+    inputs = fit_inputs(features, cfg)
+    numeric = numeric_features(cfg)
+    caps = quantile_caps(inputs, numeric, cfg.features.cap_quantile)
+    prep = preprocessing(seg, cfg.features.log1p, caps, categorical_features(cfg)).fit(inputs)
     scaler = prep.stages[-1]
     prepared = prep.transform(inputs)
-    pca = principal_components(prepared, seg)
+    pca = principal_components(prepared, seg, len(scaler.std))
     stages = [*prep.stages, *([pca] if pca else [])]
-    in_cols = [input_column(f) for f in seg.features]
+    in_cols = [input_column(f) for f in numeric]
     # KMeans iterates over its input many times per k: materialise the vectors once.
     vectors = (
         (pca.transform(prepared) if pca else prepared)
@@ -331,11 +371,11 @@ def fit(
                 features.select(c.CUSTOMER_ID, F.col(seg.value_feature).alias("_value")), on=c.CUSTOMER_ID, how="inner"
             )
         )
-        stats = cluster_stats(clustered, seg.features, "_value")
+        stats = cluster_stats(clustered, numeric, "_value")
     finally:
         vectors.unpersist()
     usable = previous if previous and previous.features == list(seg.features) else None
-    mapping = segment_ids(stats, k, usable.centres if usable else None, list(scaler.std))
+    mapping = segment_ids(stats, k, usable.centres if usable else None, list(scaler.std)[: len(numeric)])
     model = PipelineModel(stages=[*stages, models[k], relabel(mapping)])
     version = f"{seg.algorithm}-k{k}-{run_id}"
     path = io.resolve(seg.model_dir, version)
@@ -363,7 +403,7 @@ def label(model: PipelineModel, features: DataFrame, cfg: Config, model_version:
 
     Output columns: customer_id, segment_id, k, run_id, as_of_date, model_version.
     """
-    inputs = features.transform(model_inputs(cfg.segment.features))
+    inputs = features.transform(model_inputs(cfg.segment.features, categorical_features(cfg)))
     placed = model.transform(inputs).select(c.CUSTOMER_ID, c.SEGMENT_ID)
     return (
         features.select(c.CUSTOMER_ID, c.AS_OF_DATE)
@@ -449,7 +489,7 @@ def check_stability(
     seg = cfg.segment
     seeds = list(conf.seeds) or [seg.seed]
     prep = PipelineModel(stages=model.stages[:-2])  # everything before the clusterer
-    vectors = prep.transform(fit_inputs(features, seg)).select(c.CUSTOMER_ID, VECTOR)
+    vectors = prep.transform(fit_inputs(features, cfg)).select(c.CUSTOMER_ID, VECTOR)
     report = stability.stability(
         vectors,
         labels.where(F.col(c.SEGMENT_ID) >= 0).select(c.CUSTOMER_ID, c.SEGMENT_ID),

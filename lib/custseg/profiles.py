@@ -170,10 +170,12 @@ def segment_names(z_scores: Mapping[int, Mapping[str, float | None]]) -> dict[in
 
 
 def profile_features(cfg: Config, available: Sequence[str]) -> list[str]:
-    """The model's features first, then every other known numeric feature present."""
+    """The model's numeric features first, then every other numeric feature and
+    attribute present (categorical attributes are described by the RFM-style mix)."""
     numeric = [f for f in FEATURE_COLUMNS if f not in (c.CUSTOMER_ID, c.AS_OF_DATE, c.FIRST_PURCHASE, c.LAST_PURCHASE)]
-    wanted = [*cfg.segment.features, *numeric]
-    return list(dict.fromkeys(f for f in wanted if f in available))
+    attributes = [name for name, kind in cfg.attributes.items() if kind == "numeric"]
+    wanted = [*cfg.segment.features, *numeric, *attributes]
+    return list(dict.fromkeys(f for f in wanted if f in available and cfg.attributes.get(f) != "categorical"))
 
 
 def run(spark: SparkSession, cfg: Config) -> DataFrame:

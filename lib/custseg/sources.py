@@ -166,6 +166,18 @@ def check_mapping(df: DataFrame, src: SourceConfig) -> None:
             ) from None
 
 
+def check_columns(df: DataFrame, file: str, mapping: dict[str, str]) -> None:
+    """Resolve each mapped column or expression (key -> expression) against ``df``'s
+    schema, reading no data; a wrong name fails naming the mapping file and key."""
+    for key, expr in mapping.items():
+        try:
+            df.select(_mapped(expr, df.columns)).schema  # noqa: B018 - analysis only
+        except PySparkException as exc:
+            raise SourceError(
+                f"{file}: {key}: cannot resolve '{expr}' against the columns {_data_columns(df)}: {_first_line(exc)}"
+            ) from None
+
+
 def _data_columns(df: DataFrame) -> list[str]:
     return sorted(n for n in df.columns if n not in (MALFORMED, SOURCE_FILE))
 
@@ -212,7 +224,7 @@ def canonicalize(
         if has_malformed:
             raw = F.coalesce(F.col(MALFORMED), raw)
         malformed = F.col(MALFORMED).isNotNull() if has_malformed else F.lit(False)
-        mapped = {name: _text(expr, rows.columns) for name, expr in vars(src.columns).items()}
+        mapped = {name: mapped_text(expr, rows.columns) for name, expr in vars(src.columns).items()}
 
         quantity = mapped["quantity"].try_cast("double")
         stated_price = mapped["unit_price"].try_cast("double")
@@ -250,7 +262,7 @@ def canonicalize(
             reason.when(quantity.isNull(), BAD_QUANTITY)
             .when(unit_price.isNull() & stated_amount.isNull(), BAD_UNIT_PRICE)
             .when(event_ts.isNull(), BAD_TIMESTAMP)
-            .when(~_finite(quantity) | ~_finite(F.coalesce(unit_price, F.lit(0.0))) | ~_finite(line_value),
+            .when(~finite(quantity) | ~finite(F.coalesce(unit_price, F.lit(0.0))) | ~finite(line_value),
                   NON_FINITE_NUMBER)
             .when(quantity == 0, ZERO_QUANTITY)
             .when((txn_type != c.ADJUSTMENT) & (F.coalesce(unit_price, F.lit(0.0)) <= 0), NON_POSITIVE_PRICE)
@@ -285,7 +297,7 @@ def _mapped(expr: str, columns: Sequence[str]) -> Column:
     return F.col(f"`{expr}`") if expr in columns else F.expr(expr)
 
 
-def _text(expr: str | None, columns: Sequence[str]) -> Column:
+def mapped_text(expr: str | None, columns: Sequence[str]) -> Column:
     """A mapped value as trimmed text; blank is null."""
     if expr is None:
         return F.lit(None).cast("string")
@@ -293,7 +305,7 @@ def _text(expr: str | None, columns: Sequence[str]) -> Column:
     return F.when(value != "", value)
 
 
-def _finite(x: Column) -> Column:
+def finite(x: Column) -> Column:
     """ "NaN" and "Infinity" parse as doubles; as money they are errors."""
     return ~F.isnan(x) & (F.abs(x) != F.lit(float("inf")))
 

@@ -1,0 +1,156 @@
+"""Customer-attribute tables: demographics or CRM fields, one row per customer.
+
+A customer table is mapped in ``conf/sources/`` like a transaction source (see
+``CustomerSourceConfig``) and ingested into the ``customer_attributes`` table: the
+customer id, numeric attributes as doubles and categorical ones as trimmed text. It is
+a snapshot, so each ingest replaces it. Every input row is accepted, counted as an exact
+duplicate, or quarantined with a reason; none is dropped in silence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from custseg import columns as c
+from custseg import io
+from custseg.config import Config, CustomerSourceConfig
+from custseg.sources import (
+    INVALID_ENCODING,
+    MALFORMED,
+    MALFORMED_ROW,
+    MISSING_CUSTOMER_ID,
+    NON_FINITE_NUMBER,
+    RAW,
+    REASON,
+    SOURCE_FILE,
+    SourceError,
+    check_columns,
+    finite,
+    mapped_text,
+    read_source,
+)
+
+log = logging.getLogger(__name__)
+
+CONFLICTING_ROWS = "conflicting_customer_rows"  # one id, rows that disagree: which is right is unknowable
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+def unparseable(attribute: str) -> str:
+    return f"unparseable_{attribute}"
+
+
+@dataclass(frozen=True)
+class CustomerCounts:
+    rows_read: int
+    accepted: int
+    quarantined: int
+    duplicates: int
+
+
+def canonical_customers(src: CustomerSourceConfig) -> Callable[[DataFrame], DataFrame]:
+    """Raw customer rows -> one row per input row with the mapped attributes and a
+    quarantine reason (null: accepted).
+
+    Input: the output of ``read_source``.
+    Output columns: customer_id, the numeric attributes (double), the categorical ones
+    (string), source_file, raw, reason, duplicate (an exact copy of an earlier row).
+
+    Reasons, first that applies: malformed_row, invalid_encoding, missing_customer_id,
+    unparseable_<attribute> (text that is not a number), non_finite_number (NaN,
+    Infinity), conflicting_customer_rows (the id appears on rows that differ).
+    """
+
+    def transform(df: DataFrame) -> DataFrame:
+        has_malformed = MALFORMED in df.columns
+        original = [F.col(f"`{n}`") for n in df.columns if n not in (SOURCE_FILE, MALFORMED)]
+        raw = F.to_json(F.struct(*original))
+        if has_malformed:
+            raw = F.coalesce(F.col(MALFORMED), raw)
+        malformed = F.col(MALFORMED).isNotNull() if has_malformed else F.lit(False)
+        customer_id = mapped_text(src.customer_id, df.columns)
+        texts = {name: mapped_text(expr, df.columns) for name, expr in src.numeric.items()}
+        numbers = {name: text.try_cast("double") for name, text in texts.items()}
+        categories = {name: mapped_text(expr, df.columns) for name, expr in src.categorical.items()}
+
+        reason = F.when(malformed, MALFORMED_ROW).when(raw.contains(_REPLACEMENT_CHAR), INVALID_ENCODING)
+        reason = reason.when(customer_id.isNull(), MISSING_CUSTOMER_ID)
+        for name, text in texts.items():
+            reason = reason.when(text.isNotNull() & numbers[name].isNull(), unparseable(name))
+        for number in numbers.values():
+            reason = reason.when(F.coalesce(~finite(number), F.lit(False)), NON_FINITE_NUMBER)
+        rows = df.select(
+            customer_id.alias(c.CUSTOMER_ID),
+            *[number.alias(name) for name, number in numbers.items()],
+            *[category.alias(name) for name, category in categories.items()],
+            F.col(SOURCE_FILE),
+            raw.alias(RAW),
+            reason.alias(REASON),
+        )
+        # Exact copies of a row count once; an id on rows that differ is quarantined whole.
+        copies = (
+            Window.partitionBy(c.CUSTOMER_ID, RAW)
+            .orderBy(SOURCE_FILE)
+            .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+        )
+        per_id = Window.partitionBy(c.CUSTOMER_ID).rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+        valid = F.col(REASON).isNull()
+        versions = F.size(F.collect_set(F.when(valid, F.col(RAW))).over(per_id))
+        conflict = valid & (versions > 1)
+        return rows.select(
+            *[F.col(n) for n in rows.columns if n != REASON],
+            F.when(conflict, F.lit(CONFLICTING_ROWS)).otherwise(F.col(REASON)).alias(REASON),
+            (valid & ~conflict & (F.row_number().over(copies) > 1)).alias("duplicate"),
+        )
+
+    return transform
+
+
+def run(spark: SparkSession, cfg: Config, run_id: str) -> CustomerCounts:
+    """Ingest the configured customer table: replace ``customer_attributes`` and its
+    quarantine, and return the counts (read = accepted + quarantined + duplicates)."""
+    src = cfg.customers
+    if src is None:
+        raise ValueError("no customer table is configured (ingest.customers)")
+    raw = read_source(spark, src)
+    if raw is None:
+        raise SourceError(f"customer table '{src.name}' ({src.file}): no data in {src.path}")
+    mapped = {"customer_id": src.customer_id, **{f"numeric.{k}": v for k, v in src.numeric.items()}}
+    check_columns(raw, src.file, {**mapped, **{f"categorical.{k}": v for k, v in src.categorical.items()}})
+    rows = raw.transform(canonical_customers(src)).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        accepted = rows.where(F.col(REASON).isNull() & ~F.col("duplicate"))
+        attributes = [*src.numeric, *src.categorical]
+        io.overwrite(
+            accepted.select(c.CUSTOMER_ID, *attributes, F.lit(src.name).alias(c.SOURCE), SOURCE_FILE,
+                            F.lit(run_id).alias(c.RUN_ID)),
+            io.table_ref(cfg.storage, cfg.tables.customer_attributes),
+        )  # fmt: skip
+        io.overwrite(
+            rows.where(F.col(REASON).isNotNull()).select(
+                F.lit(src.name).alias(c.SOURCE), SOURCE_FILE, RAW, REASON, F.lit(run_id).alias(c.RUN_ID)
+            ),
+            io.table_ref(cfg.storage, cfg.tables.customer_quarantine),
+        )
+        counts = rows.agg(
+            F.count(F.lit(1)).alias("rows_read"),
+            F.sum(_flag(F.col(REASON).isNull() & ~F.col("duplicate"))).alias("accepted"),
+            F.sum(_flag(F.col(REASON).isNotNull())).alias("quarantined"),
+            F.sum(_flag(F.col("duplicate"))).alias("duplicates"),
+        ).first()
+    finally:
+        rows.unpersist()
+    result = CustomerCounts(**{k: int(v or 0) for k, v in counts.asDict().items()})
+    log.info("customer table %s: read %d, accepted %d, quarantined %d, duplicates %d", src.name,
+             result.rows_read, result.accepted, result.quarantined, result.duplicates)  # fmt: skip
+    return result
+
+
+def _flag(predicate: Column) -> Column:
+    return F.coalesce(predicate, F.lit(False)).cast("long")
