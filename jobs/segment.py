@@ -1,4 +1,4 @@
-"""spark-submit entry point: fit the segmentation model, choose k, and write segment labels and the k sweep.
+"""spark-submit entry point: fit the model (choosing k), label every customer, merge the label history, check stability.
 
     spark-submit --py-files dist/custseg.zip jobs/segment.py --config conf/base.yaml --config conf/cluster.yaml
 

@@ -68,7 +68,9 @@ def test_demo_run_labels_every_valid_customer_once_and_recovers_archetypes(spark
     # history gains no row; scoring with the saved model changes nothing either.
     history = DeltaTable.forPath(spark, str(lake / "segment_label_history"))
     version = history.history(1).first()["version"]
-    assert run_cli("segment", "segment.seed=7", run_id="e2e-retrain") == 0
+    assert (
+        run_cli("segment", "segment.seed=7", "stability.seeds=[]", "stability.bootstrap=0", run_id="e2e-retrain") == 0
+    )
     retrained = DeltaTable.forPath(spark, str(lake / "segment_labels")).toDF()
     assert retrained.select(c.MODEL_VERSION).first()[0] != labels.select(c.MODEL_VERSION).first()[0]
     assert_df_equality(
@@ -76,6 +78,16 @@ def test_demo_run_labels_every_valid_customer_once_and_recovers_archetypes(spark
         labels_before.select(c.CUSTOMER_ID, c.SEGMENT_ID),
         ignore_row_order=True,
     )
+    models = DeltaTable.forPath(spark, str(lake / "segment_models")).toDF().orderBy("fitted_at").collect()  # 2 rows
+    first_model, retrained_model = models
+    assert retrained_model["matched_to"] == first_model["model_version"] and first_model["matched_to"] is None
+    assert (
+        len(first_model["explained_variance"]) == 3
+        and first_model["customers"] == labels.where("segment_id >= 0").count()
+    )
+    moves = DeltaTable.forPath(spark, str(lake / "segment_migrations")).toDF().where("run_id = 'e2e-retrain'")
+    assert moves.where("from_segment <=> to_segment").agg({"customers": "sum"}).first()[0] == labels.count()
+    assert moves.where("NOT from_segment <=> to_segment").count() == 0
     assert run_cli("score", run_id="e2e-score") == 0
     assert history.history(1).first()["version"] == version
     assert history.toDF().count() == labels_before.count()

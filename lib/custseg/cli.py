@@ -82,6 +82,21 @@ def run_features(spark: SparkSession, cfg: Config, run_id: str) -> None:
 def run_segment(spark: SparkSession, cfg: Config, run_id: str) -> None:
     result = model.run(spark, cfg, run_id)
     log.info("segment: k=%d, model %s", result.k, result.model_version)
+    print_migrations(spark, cfg, run_id)
+
+
+def print_migrations(spark: SparkSession, cfg: Config, run_id: str) -> None:
+    """Customers per (previous segment, new segment), when there was a previous run."""
+    ref = io.table_ref(cfg.storage, cfg.tables.migrations)
+    if not io.exists(spark, ref):
+        return
+    moves = io.read(spark, ref).where(F.col(c.RUN_ID) == run_id).toPandas()  # one row per move
+    if moves.empty:
+        return
+    moves = moves.fillna({"from_segment": -9, "to_segment": -9})  # -9: not labelled in that run
+    matrix = moves.pivot_table(index="from_segment", columns="to_segment", values="customers", fill_value=0)
+    print(f"\nMigration since run {moves['previous_run_id'].iloc[0]} (rows: from, columns: to; -9: not labelled):")
+    print(matrix.astype(int).to_string())
 
 
 def run_profile(spark: SparkSession, cfg: Config, run_id: str) -> None:
@@ -90,6 +105,7 @@ def run_profile(spark: SparkSession, cfg: Config, run_id: str) -> None:
 
 def run_score(spark: SparkSession, cfg: Config, run_id: str) -> None:
     change = model.score(spark, cfg, run_id, cfg.segment.score_model)
+    print_migrations(spark, cfg, run_id)
     print(f"Scored: {change.new} new customers, {change.changed} moved segment, {change.unchanged} unchanged, "
           f"{change.gone} no longer in the features table")  # fmt: skip
 

@@ -60,6 +60,7 @@ class TablesConfig:
     customer_quarantine: str  # customer-table rows that could not be used, with a reason
     models: str  # one row per fitted model: metadata, metrics, centres
     label_history: str  # segment labels over time (valid_from / valid_to)
+    migrations: str  # per run: customers moved from each segment to each other one
     segment_profiles: str  # one row per segment of a run: size, shares, name
     feature_profiles: str  # per segment and feature: mean, median, z-score
     stability: str  # per refit: adjusted Rand index against the labels

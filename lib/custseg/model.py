@@ -505,10 +505,30 @@ def check_stability(
     return report
 
 
+MIGRATION_SCHEMA = (
+    "run_id STRING, previous_run_id STRING, from_segment INT, to_segment INT, customers LONG, share_of_from DOUBLE"
+)
+
+
 def save_labels(spark: SparkSession, labels: DataFrame, cfg: Config, run_id: str) -> history.HistoryChange:
-    """The current labels (overwritten) and their history (merged: only changes)."""
+    """The current labels (overwritten), their history (merged: only changes) and the
+    migration matrix from the labels they replace (appended, one row per move)."""
     labels_ref = io.table_ref(cfg.storage, cfg.tables.labels)
-    io.overwrite(labels, labels_ref)
+    labels = labels.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        moves, previous_run = [], None
+        if io.exists(spark, labels_ref):
+            previous = io.read(spark, labels_ref)
+            previous_run = previous.select(c.RUN_ID).first()
+            previous_run = previous_run[c.RUN_ID] if previous_run else None
+            moves = history.migration_matrix(previous, labels).collect()  # at most (k_old + 1) x (k_new + 1) rows
+        io.overwrite(labels, labels_ref)
+    finally:
+        labels.unpersist()
+    if moves:
+        rows = [(run_id, previous_run, r["from_segment"], r["to_segment"], r["customers"], r["share_of_from"])
+                for r in moves]  # fmt: skip
+        io.append(spark.createDataFrame(rows, MIGRATION_SCHEMA), io.table_ref(cfg.storage, cfg.tables.migrations))
     run_ts = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     change = history.merge_history(
         spark, io.read(spark, labels_ref), io.table_ref(cfg.storage, cfg.tables.label_history), run_id, run_ts

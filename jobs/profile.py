@@ -1,0 +1,13 @@
+"""spark-submit entry point: profile and name the segments of the current labels.
+
+    spark-submit --py-files dist/custseg.zip jobs/profile.py --config conf/base.yaml --config conf/cluster.yaml
+
+All logic lives in the custseg package; this file only hands over the flags.
+"""
+
+import sys
+
+from custseg.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["profile", *sys.argv[1:]]))
