@@ -101,3 +101,25 @@ def test_load_config_rfm_cut_points_must_fit_the_bins(tmp_path):
     overlay = write(tmp_path, "rfm.yaml", "rfm:\n  cut_points: {recency_days: [30, 90]}\n")
     with pytest.raises(ConfigError, match=r"rfm\.yaml: rfm\.cut_points\.recency_days: needs 4 increasing edges"):
         load_config([BASE, overlay])
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("features.log1p=[monetry]", r"features\.log1p: unknown or non-numeric features \['monetry'\]"),
+        ("segment.value_feature=gender", r"segment\.value_feature: must be a numeric feature"),
+        ("segment.pca_variance=0.9", r"segment\.pca_variance: set pca_variance or pca_components, not both"),
+        ("features.cap_quantile=1.5", r"features\.cap_quantile: must be in \[0\.5, 1\)"),
+        ("stability.threshold=0", r"stability\.threshold: must be in \(0, 1\]"),
+    ],
+)
+def test_load_config_rejects_impossible_modelling_settings(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config([BASE, LOCAL], [setting])
+
+
+def test_load_config_customer_table_alone_needs_an_as_of_date():
+    mall = CONF / "mall.yaml"
+    assert load_config([BASE, LOCAL, mall]).customers.numeric["annual_income"] == "Annual Income (k$)"
+    with pytest.raises(ConfigError, match=r"features\.as_of_date: is required when there are no transaction"):
+        load_config([BASE, LOCAL, mall], ["features.as_of_date=null"])

@@ -38,6 +38,8 @@ def test_canonical_customers_accepts_quarantines_and_counts_copies(spark):
             ("4", "29", "30", "west", "f1"),  # id 4 twice with different incomes: which is right?
             ("4", "29", "31", "west", "f1"),
             ("5", None, "20", None, "f1"),  # missing values are not errors: null
+            ("6", "60", "10", "west", "f1"),
+            ("6", "60", "10", "west ", "f2"),  # the same values once trimmed: a copy, not a conflict
         ],
         RAW_SCHEMA,
     )
@@ -54,6 +56,8 @@ def test_canonical_customers_accepts_quarantines_and_counts_copies(spark):
             ("4", 29.0, 30.0, "WEST", "conflicting_customer_rows", False),
             ("4", 29.0, 31.0, "WEST", "conflicting_customer_rows", False),
             ("5", None, 20.0, None, None, False),
+            ("6", 60.0, 10.0, "WEST", None, False),
+            ("6", 60.0, 10.0, "WEST", None, True),
         ],
         "customer_id STRING, age DOUBLE, income DOUBLE, region STRING, reason STRING, duplicate BOOLEAN",
     )

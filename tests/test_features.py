@@ -86,6 +86,15 @@ def test_customer_features_behaviour_worked_example(spark):
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_customer_features_zero_value_purchases_have_no_return_rate(spark):
+    # a free sample (amount 0) is a purchase, but there is no value to return a share of
+    schema = TXN_SCHEMA + ", product_id STRING"
+    txns = spark.createDataFrame([("z", "pos", "Z1", 0.0, ts("2024-06-01 09:00:00"), "purchase", "p1")], schema)
+    actual = txns.transform(customer_features(AS_OF)).select("customer_id", "return_rate", "distinct_products")
+    expected = spark.createDataFrame([("z", None, 1)], "customer_id STRING, return_rate DOUBLE, distinct_products LONG")
+    assert_df_equality(actual, expected, ignore_nullable=True)
+
+
 def test_customer_features_returns_only_customer_has_no_recency(spark):
     txns = spark.createDataFrame([("r", "pos", "R9", -25.0, ts("2024-03-01 10:00:00"), "return")], TXN_SCHEMA)
     expected = spark.createDataFrame([("r", AS_OF, None, None, None, 0, -25.0, None, None)], FEATURE_SCHEMA)

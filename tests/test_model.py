@@ -215,12 +215,21 @@ def test_retrain_with_another_seed_keeps_every_customers_segment_id(spark, tmp_p
     feats = blobs(spark)
     fitted, first = model.fit(spark, feats, cfg, "a")
     before = model.label(fitted, feats, cfg, first.model_version, 3, "a").select("customer_id", "segment_id")
-    previous = model.PreviousModel(first.model_version, list(cfg.segment.features), first.centres)
+    log1p = [f for f in cfg.features.log1p if f in cfg.segment.features]
+    previous = model.PreviousModel(first.model_version, list(cfg.segment.features), first.centres, log1p)
     reseeded = dataclasses.replace(cfg, segment=dataclasses.replace(cfg.segment, seed=99, value_feature="monetary"))
     after = model.label(*_fit(spark, feats, reseeded, "b", previous), "b").select("customer_id", "segment_id")
     # value order alone would renumber (monetary ranks the groups the other way round
     # from recency); matching the centres keeps the first model's ids
     assert_df_equality(after, before, ignore_row_order=True)
+
+
+def test_previous_model_with_other_transforms_is_not_matched():
+    previous = model.PreviousModel("v1", ["recency_days", "monetary"], {0: [1.0, 2.0]}, ["monetary"])
+    assert previous.comparable(["recency_days", "monetary"], ["monetary", "frequency"], 2)
+    assert not previous.comparable(["recency_days", "monetary"], [], 2)  # raw vs log units
+    assert not previous.comparable(["monetary", "recency_days"], ["monetary"], 2)
+    assert not previous.comparable(["recency_days", "monetary"], ["monetary"], 1)
 
 
 def test_pca_variance_share_chooses_components_and_records_them(spark, tmp_path):
@@ -229,3 +238,13 @@ def test_pca_variance_share_chooses_components_and_records_them(spark, tmp_path)
     explained = result.explained_variance
     assert 1 <= len(explained) < len(cfg.segment.features)
     assert sum(explained) >= 0.9 and sum(explained[:-1]) < 0.9
+
+
+def test_stability_skips_the_production_seed_which_would_only_flatter_it(spark, tmp_path):
+    cfg = make_config(tmp_path, "segment.k=3", "segment.seed=42", "stability.seeds=[42, 5]", "stability.bootstrap=1")
+    feats = blobs(spark)
+    fitted, result = model.fit(spark, feats, cfg, "r1")
+    labels = model.label(fitted, feats, cfg, result.model_version, 3, "r1")
+    report = model.check_stability(spark, fitted, feats, labels, cfg, 3, "r1")
+    assert [(r.kind, r.seed) for r in report.replicates] == [("seed", 5), ("bootstrap", 42)]
+    assert report.min_ari > 0.9 and not report.unstable_segments

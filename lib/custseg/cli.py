@@ -117,7 +117,7 @@ def run_all(spark: SparkSession, cfg: Config, run_id: str) -> None:
         log.info("== %s ==", name)
         stage(spark, cfg, run_id)
         log.info("== %s done in %.1fs ==", name, time.perf_counter() - started)
-    print_summary(spark, cfg)
+    print_summary(spark, cfg, run_id)
 
 
 def run_demo(spark: SparkSession, cfg: Config, run_id: str) -> None:
@@ -134,7 +134,7 @@ SEGMENT_SUMMARY = (
 )  # fmt: skip
 
 
-def print_summary(spark: SparkSession, cfg: Config) -> None:
+def print_summary(spark: SparkSession, cfg: Config, run_id: str) -> None:
     """The segment profiles (one row per segment), stability and where the tables are."""
     profile = io.read(spark, io.table_ref(cfg.storage, cfg.tables.segment_profiles))
     table = profile.select(*SEGMENT_SUMMARY).orderBy(c.SEGMENT_ID).toPandas()  # one row per segment
@@ -143,8 +143,12 @@ def print_summary(spark: SparkSession, cfg: Config) -> None:
     stability_ref = io.table_ref(cfg.storage, cfg.tables.stability)
     if io.exists(spark, stability_ref):
         runs = io.read(spark, stability_ref)
-        last = runs.where(F.col(c.RUN_ID) == runs.agg(F.max(c.RUN_ID)).first()[0])
-        rows = last.groupBy("kind").agg(F.avg("ari").alias("ari"), F.count(F.lit(1)).alias("n")).collect()
+        rows = (
+            runs.where(F.col(c.RUN_ID) == run_id)
+            .groupBy("kind")
+            .agg(F.avg("ari").alias("ari"), F.count(F.lit(1)).alias("n"))
+            .collect()
+        )
         print("Stability (adjusted Rand index against the labels): "
               + ", ".join(f"{r['kind']} refits {r['ari']:.3f} (n={r['n']})" for r in sorted(rows)))  # fmt: skip
     for key in ("segment_profiles", "labels", "label_history", "models", "k_sweep", "features", "transactions"):

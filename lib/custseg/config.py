@@ -175,9 +175,12 @@ class Config:
         known = [*MODEL_FEATURES, *self.attributes] if self.sources else list(self.attributes)
         unknown = sorted(set(seg.features) - set(known))
         check(not unknown, "segment.features", f"unknown features {unknown}; known: {known}")
-        numeric = [f for f in known if self.attributes.get(f) != "categorical"]
-        unknown = sorted(set(self.features.log1p) & (set(seg.features) - set(numeric)))
-        check(not unknown, "features.log1p", f"{unknown} are not numeric features")
+        numeric = [*MODEL_FEATURES, *(n for n, kind in self.attributes.items() if kind == "numeric")]
+        unknown = sorted(set(self.features.log1p) - set(numeric))
+        check(not unknown, "features.log1p", f"unknown or non-numeric features {unknown}; numeric: {numeric}")
+        check(seg.value_feature in numeric, "segment.value_feature", f"must be a numeric feature, one of {numeric}")
+        check(bool(self.sources) or self.features.as_of_date is not None, "features.as_of_date",
+              "is required when there are no transaction sources (ingest.sources is empty)")  # fmt: skip
         check(bool(self.sources) or self.customers is not None, "ingest.sources",
               "lists no source, and there is no customer table (ingest.customers) either")  # fmt: skip
         check(seg.pca_variance is None or 0 < seg.pca_variance <= 1, "segment.pca_variance", "must be in (0, 1]")

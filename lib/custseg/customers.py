@@ -60,7 +60,7 @@ def canonical_customers(src: CustomerSourceConfig) -> Callable[[DataFrame], Data
 
     Input: the output of ``read_source``.
     Output columns: customer_id, the numeric attributes (double), the categorical ones
-    (string), source_file, raw, reason, duplicate (an exact copy of an earlier row).
+    (string), source_file, raw, reason, duplicate (a copy of an earlier row: the same id and mapped values).
 
     Reasons, first that applies: malformed_row, invalid_encoding, missing_customer_id,
     unparseable_<attribute> (text that is not a number), non_finite_number (NaN,
@@ -93,18 +93,20 @@ def canonical_customers(src: CustomerSourceConfig) -> Callable[[DataFrame], Data
             raw.alias(RAW),
             reason.alias(REASON),
         )
-        # Exact copies of a row count once; an id on rows that differ is quarantined whole.
+        # Copies of a customer (the same mapped values, whatever unmapped columns say)
+        # count once; an id on rows whose values differ is quarantined whole.
+        rows = rows.withColumn("_values", F.to_json(F.struct(*[F.col(n) for n in [*src.numeric, *src.categorical]])))
         copies = (
-            Window.partitionBy(c.CUSTOMER_ID, RAW)
-            .orderBy(SOURCE_FILE)
+            Window.partitionBy(c.CUSTOMER_ID, "_values")
+            .orderBy(SOURCE_FILE, RAW)
             .rowsBetween(Window.unboundedPreceding, Window.currentRow)
         )
         per_id = Window.partitionBy(c.CUSTOMER_ID).rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
         valid = F.col(REASON).isNull()
-        versions = F.size(F.collect_set(F.when(valid, F.col(RAW))).over(per_id))
+        versions = F.size(F.collect_set(F.when(valid, F.col("_values"))).over(per_id))
         conflict = valid & (versions > 1)
         return rows.select(
-            *[F.col(n) for n in rows.columns if n != REASON],
+            *[F.col(n) for n in rows.columns if n not in (REASON, "_values")],
             F.when(conflict, F.lit(CONFLICTING_ROWS)).otherwise(F.col(REASON)).alias(REASON),
             (valid & ~conflict & (F.row_number().over(copies) > 1)).alias("duplicate"),
         )

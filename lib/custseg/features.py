@@ -112,7 +112,9 @@ def customer_features(as_of: dt.date) -> Callable[[DataFrame], DataFrame]:
             F.round(F.col("_gross") / F.nullif(F.col(c.FREQUENCY), F.lit(0)), 2).alias(c.AVG_ORDER_VALUE),
             F.round(_span_days() / F.nullif(F.col("_days") - 1, F.lit(0)), 2).alias(c.MEAN_DAYS_BETWEEN),
             F.col(c.DISTINCT_PRODUCTS).cast("long").alias(c.DISTINCT_PRODUCTS),
-            F.round(F.coalesce(F.col("_returned"), F.lit(0.0)) / F.col("_gross"), 4).alias(c.RETURN_RATE),
+            F.round(F.coalesce(F.col("_returned"), F.lit(0.0)) / F.nullif(F.col("_gross"), F.lit(0.0)), 4).alias(
+                c.RETURN_RATE
+            ),
             F.round(F.col(c.FREQUENCY) / _tenure_months(as_of_lit), 4).alias(c.PURCHASES_PER_MONTH),
         )
 

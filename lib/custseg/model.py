@@ -73,6 +73,17 @@ class PreviousModel:
     version: str
     features: list[str]
     centres: dict[int, list[float]]
+    log1p: list[str] = field(default_factory=list)
+
+    def comparable(self, features: Sequence[str], log1p: Sequence[str], numeric: int) -> bool:
+        """Centres can be compared only in the same units: the same features, the same
+        log1p transforms, and as many numeric dimensions."""
+        return (
+            self.features == list(features)
+            and sorted(self.log1p) == sorted(f for f in log1p if f in features)
+            and numeric > 0
+            and all(len(centre) == numeric for centre in self.centres.values())
+        )
 
 
 def model_inputs(features: Sequence[str], categorical: Sequence[str] = ()) -> Callable[[DataFrame], DataFrame]:
@@ -102,7 +113,7 @@ def input_column(feature: str) -> str:
 def quantile_caps(inputs: DataFrame, features: Sequence[str], quantile: float | None) -> dict[str, float]:
     """The ``quantile`` of each feature over the customers (one aggregate), or {} when
     capping is off. Fitted once and stored in the model, so scoring caps the same way."""
-    if quantile is None:
+    if quantile is None or not features:
         return {}
     row = inputs.agg(*[F.percentile_approx(f, quantile, 10_000).alias(f) for f in features]).first()
     return {f: float(row[f]) for f in features if row[f] is not None}
@@ -374,7 +385,10 @@ def fit(
         stats = cluster_stats(clustered, numeric, "_value")
     finally:
         vectors.unpersist()
-    usable = previous if previous and previous.features == list(seg.features) else None
+    usable = previous if previous and previous.comparable(seg.features, cfg.features.log1p, len(numeric)) else None
+    if previous and not usable:
+        log.warning("segment ids: model %s was fitted on other features or transforms; numbering by value instead",
+                    previous.version)  # fmt: skip
     mapping = segment_ids(stats, k, usable.centres if usable else None, list(scaler.std)[: len(numeric)])
     model = PipelineModel(stages=[*stages, models[k], relabel(mapping)])
     version = f"{seg.algorithm}-k{k}-{run_id}"
@@ -467,6 +481,7 @@ def previous_model(spark: SparkSession, ref: io.TableRef) -> PreviousModel | Non
         version=last["model_version"],
         features=list(last["features"]),
         centres={r["segment_id"]: list(r["centre"]) for r in last["centres"]},
+        log1p=list(last["log1p"] or []),
     )
 
 
@@ -487,7 +502,11 @@ def check_stability(
     if not conf.seeds and not conf.bootstrap:
         return None
     seg = cfg.segment
-    seeds = list(conf.seeds) or [seg.seed]
+    # A refit with the production seed on the same data reproduces the labels exactly:
+    # it would only flatter the scores.
+    seeds = [s for s in conf.seeds if s != seg.seed]
+    if not seeds and not conf.bootstrap:
+        return None
     prep = PipelineModel(stages=model.stages[:-2])  # everything before the clusterer
     vectors = prep.transform(fit_inputs(features, cfg)).select(c.CUSTOMER_ID, VECTOR)
     report = stability.stability(
@@ -498,6 +517,7 @@ def check_stability(
         bootstrap=conf.bootstrap,
         bootstrap_seed=seg.seed,
         threshold=conf.threshold,
+        fit_seed=seg.seed,
     )
     runs, segments = stability.stability_frames(spark, report, run_id)
     io.append(runs, io.table_ref(cfg.storage, cfg.tables.stability))
@@ -562,11 +582,12 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> SegmentResult:
     models_ref = io.table_ref(cfg.storage, cfg.tables.models)
     fitted_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     model, result = fit(spark, features, cfg, run_id, previous_model(spark, models_ref))
+    # The model is on record before any label refers to it.
+    io.append(sweep_frame(spark, result, cfg, run_id, as_of), io.table_ref(cfg.storage, cfg.tables.k_sweep))
+    io.append(model_record(spark, result, cfg, run_id, as_of, fitted_at, data_range(features)), models_ref)
     save_labels(spark, label(model, features, cfg, result.model_version, result.k, run_id), cfg, run_id)
     labels = io.read(spark, io.table_ref(cfg.storage, cfg.tables.labels))
     check_stability(spark, model, features, labels, cfg, result.k, run_id)
-    io.append(sweep_frame(spark, result, cfg, run_id, as_of), io.table_ref(cfg.storage, cfg.tables.k_sweep))
-    io.append(model_record(spark, result, cfg, run_id, as_of, fitted_at, data_range(features)), models_ref)
     return result
 
 

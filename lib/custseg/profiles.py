@@ -186,6 +186,8 @@ def run(spark: SparkSession, cfg: Config) -> DataFrame:
     features = io.read(spark, io.table_ref(cfg.storage, tables.features))
     labelled = labels.select(c.CUSTOMER_ID, c.SEGMENT_ID).join(features, on=c.CUSTOMER_ID, how="inner")
     names_of = profile_features(cfg, features.columns)
+    if not names_of:
+        raise ValueError("nothing to profile: no numeric feature or attribute in the features table")
     per_feature = labelled.transform(feature_profiles(names_of)).persist()
     try:
         z_rows = per_feature.select(c.SEGMENT_ID, FEATURE, Z_SCORE).collect()  # k x features rows

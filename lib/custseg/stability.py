@@ -131,21 +131,24 @@ def stability(
     bootstrap: int,
     bootstrap_seed: int,
     threshold: float = 0.75,
+    fit_seed: int | None = None,
 ) -> StabilityReport:
     """Refit once per seed on all of ``vectors``, then ``bootstrap`` times with the first
     seed on resamples (with replacement, same size on average), predict every customer
-    each time and compare with ``reference``.
+    each time and compare with ``reference``. Bootstrap fits use ``fit_seed`` (default:
+    the first of ``seeds``); ``seeds`` may be empty when ``fit_seed`` is given.
 
     ``vectors``: customer_id, features_vector. ``reference``: customer_id, segment_id
     (placed customers only). ``estimator_for(seed)``: an unfitted clusterer predicting
     into ``cluster``.
     """
-    if not seeds:
+    if fit_seed is None and not seeds:
         raise ValueError("stability needs at least one seed")
+    fit_seed = seeds[0] if fit_seed is None else fit_seed
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
     plan = [(SEED, i, seed, None) for i, seed in enumerate(seeds, start=1)]
-    plan += [(BOOTSTRAP, i, seeds[0], bootstrap_seed + i) for i in range(1, bootstrap + 1)]
+    plan += [(BOOTSTRAP, i, fit_seed, bootstrap_seed + i) for i in range(1, bootstrap + 1)]
 
     owned = not vectors.is_cached  # a caller's cache is the caller's to release
     if owned:
