@@ -22,24 +22,24 @@ from custseg import io
 from custseg.config import Config, CustomerSourceConfig
 from custseg.sources import (
     INVALID_ENCODING,
-    MALFORMED,
     MALFORMED_ROW,
     MISSING_CUSTOMER_ID,
     NON_FINITE_NUMBER,
     RAW,
     REASON,
+    REPLACEMENT_CHAR,
     SOURCE_FILE,
     SourceError,
     check_columns,
     finite,
     mapped_text,
+    original_row,
     read_source,
 )
 
 log = logging.getLogger(__name__)
 
 CONFLICTING_ROWS = "conflicting_customer_rows"  # one id, rows that disagree: which is right is unknowable
-_REPLACEMENT_CHAR = "\ufffd"
 
 
 def unparseable(attribute: str) -> str:
@@ -68,18 +68,13 @@ def canonical_customers(src: CustomerSourceConfig) -> Callable[[DataFrame], Data
     """
 
     def transform(df: DataFrame) -> DataFrame:
-        has_malformed = MALFORMED in df.columns
-        original = [F.col(f"`{n}`") for n in df.columns if n not in (SOURCE_FILE, MALFORMED)]
-        raw = F.to_json(F.struct(*original))
-        if has_malformed:
-            raw = F.coalesce(F.col(MALFORMED), raw)
-        malformed = F.col(MALFORMED).isNotNull() if has_malformed else F.lit(False)
+        raw, malformed = original_row(df)
         customer_id = mapped_text(src.customer_id, df.columns)
         texts = {name: mapped_text(expr, df.columns) for name, expr in src.numeric.items()}
         numbers = {name: text.try_cast("double") for name, text in texts.items()}
         categories = {name: mapped_text(expr, df.columns) for name, expr in src.categorical.items()}
 
-        reason = F.when(malformed, MALFORMED_ROW).when(raw.contains(_REPLACEMENT_CHAR), INVALID_ENCODING)
+        reason = F.when(malformed, MALFORMED_ROW).when(raw.contains(REPLACEMENT_CHAR), INVALID_ENCODING)
         reason = reason.when(customer_id.isNull(), MISSING_CUSTOMER_ID)
         for name, text in texts.items():
             reason = reason.when(text.isNotNull() & numbers[name].isNull(), unparseable(name))

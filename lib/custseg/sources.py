@@ -45,7 +45,7 @@ FUTURE_TIMESTAMP = "future_timestamp"
 
 _ITEM = "item"
 _ITEM_INDEX = "item_index"
-_REPLACEMENT_CHAR = "\ufffd"  # what a decoder puts where bytes are not valid in the encoding
+REPLACEMENT_CHAR = "\ufffd"  # what a decoder puts where bytes are not valid in the encoding
 
 
 class SourceError(RuntimeError):
@@ -218,12 +218,7 @@ def canonicalize(
 
     def transform(df: DataFrame) -> DataFrame:
         rows = _exploded(df, src)
-        has_malformed = MALFORMED in rows.columns
-        original = [F.col(f"`{n}`") for n in rows.columns if n not in (SOURCE_FILE, MALFORMED)]
-        raw = F.to_json(F.struct(*original))
-        if has_malformed:
-            raw = F.coalesce(F.col(MALFORMED), raw)
-        malformed = F.col(MALFORMED).isNotNull() if has_malformed else F.lit(False)
+        raw, malformed = original_row(rows)
         mapped = {name: mapped_text(expr, rows.columns) for name, expr in vars(src.columns).items()}
 
         quantity = mapped["quantity"].try_cast("double")
@@ -252,7 +247,7 @@ def canonicalize(
         unparseable = {
             BAD_QUANTITY: "quantity", BAD_UNIT_PRICE: "unit_price", BAD_LINE_AMOUNT: "line_amount",
         }  # fmt: skip
-        reason = F.when(malformed, MALFORMED_ROW).when(raw.contains(_REPLACEMENT_CHAR), INVALID_ENCODING)
+        reason = F.when(malformed, MALFORMED_ROW).when(raw.contains(REPLACEMENT_CHAR), INVALID_ENCODING)
         reason = reason.when(mapped["customer_id"].isNull(), MISSING_CUSTOMER_ID)
         reason = reason.when(mapped["invoice_id"].isNull(), MISSING_INVOICE_ID)
         for code, name in unparseable.items():
@@ -290,6 +285,16 @@ def canonicalize(
         )
 
     return transform
+
+
+def original_row(rows: DataFrame) -> tuple[Column, Column]:
+    """The row as it came: the unparsed line for a malformed one, else the record as
+    JSON; and whether it is malformed (a line the reader could not split into fields)."""
+    original = [F.col(f"`{n}`") for n in rows.columns if n not in (SOURCE_FILE, MALFORMED)]
+    raw = F.to_json(F.struct(*original))
+    if MALFORMED not in rows.columns:
+        return raw, F.lit(False)
+    return F.coalesce(F.col(MALFORMED), raw), F.col(MALFORMED).isNotNull()
 
 
 def _mapped(expr: str, columns: Sequence[str]) -> Column:
