@@ -48,13 +48,16 @@ def version(spark, ref) -> int:
     return DeltaTable.forPath(spark, ref.path).history(1).first()["version"]
 
 
+def assert_history(spark, ref, rows) -> None:
+    """The history table holds exactly ``rows`` (HISTORY schema)."""
+    expected = spark.createDataFrame(rows, HISTORY)
+    assert_df_equality(io.read(spark, ref), expected, ignore_row_order=True, ignore_nullable=True)
+
+
 def test_merge_history_first_run_creates_current_rows(spark, tmp_path):
     ref = history_ref(tmp_path)
     change = run1(spark, ref, ("a", 0), ("b", 1))
-    expected = spark.createDataFrame(
-        [("a", 0, "v1", D1, "r1", T1, None, True), ("b", 1, "v1", D1, "r1", T1, None, True)], HISTORY
-    )
-    assert_df_equality(io.read(spark, ref), expected, ignore_row_order=True, ignore_nullable=True)
+    assert_history(spark, ref, [("a", 0, "v1", D1, "r1", T1, None, True), ("b", 1, "v1", D1, "r1", T1, None, True)])
     assert change == HistoryChange(new=2, changed=0, unchanged=0, gone=0)
 
 
@@ -63,11 +66,8 @@ def test_merge_history_unchanged_segments_write_nothing(spark, tmp_path):
     run1(spark, ref, ("a", 0), ("b", 1))
     before = version(spark, ref)
     change = run2(spark, ref, ("a", 0), ("b", 1))  # new run, model and as-of date; same segments
-    expected = spark.createDataFrame(
-        [("a", 0, "v1", D1, "r1", T1, None, True), ("b", 1, "v1", D1, "r1", T1, None, True)], HISTORY
-    )
     assert version(spark, ref) == before
-    assert_df_equality(io.read(spark, ref), expected, ignore_row_order=True, ignore_nullable=True)
+    assert_history(spark, ref, [("a", 0, "v1", D1, "r1", T1, None, True), ("b", 1, "v1", D1, "r1", T1, None, True)])
     assert change == HistoryChange(new=0, changed=0, unchanged=2, gone=0)
 
 
@@ -83,15 +83,15 @@ def test_merge_history_changed_customer_is_closed_and_reopened_in_one_merge(spar
     ref = history_ref(tmp_path)
     run1(spark, ref, ("a", 0), ("b", 1))
     change = run2(spark, ref, ("a", 0), ("b", 2))
-    expected = spark.createDataFrame(
+    assert_history(
+        spark,
+        ref,
         [
             ("a", 0, "v1", D1, "r1", T1, None, True),
             ("b", 1, "v1", D1, "r1", T1, T2, False),
             ("b", 2, "v2", D2, "r2", T2, None, True),
         ],
-        HISTORY,
     )
-    assert_df_equality(io.read(spark, ref), expected, ignore_row_order=True, ignore_nullable=True)
     assert change == HistoryChange(new=0, changed=1, unchanged=1, gone=0)
     commits = DeltaTable.forPath(spark, ref.path).history().orderBy("version").collect()
     assert [c["operation"] for c in commits] == ["WRITE", "MERGE"]
@@ -103,10 +103,7 @@ def test_merge_history_new_customer_is_inserted_as_current(spark, tmp_path):
     ref = history_ref(tmp_path)
     run1(spark, ref, ("a", 0))
     change = run2(spark, ref, ("a", 0), ("d", 1))
-    expected = spark.createDataFrame(
-        [("a", 0, "v1", D1, "r1", T1, None, True), ("d", 1, "v2", D2, "r2", T2, None, True)], HISTORY
-    )
-    assert_df_equality(io.read(spark, ref), expected, ignore_row_order=True, ignore_nullable=True)
+    assert_history(spark, ref, [("a", 0, "v1", D1, "r1", T1, None, True), ("d", 1, "v2", D2, "r2", T2, None, True)])
     assert change == HistoryChange(new=1, changed=0, unchanged=1, gone=0)
 
 
@@ -114,10 +111,7 @@ def test_merge_history_vanished_customer_is_closed(spark, tmp_path):
     ref = history_ref(tmp_path)
     run1(spark, ref, ("a", 0), ("c", 2))
     change = run2(spark, ref, ("a", 0))
-    expected = spark.createDataFrame(
-        [("a", 0, "v1", D1, "r1", T1, None, True), ("c", 2, "v1", D1, "r1", T1, T2, False)], HISTORY
-    )
-    assert_df_equality(io.read(spark, ref), expected, ignore_row_order=True, ignore_nullable=True)
+    assert_history(spark, ref, [("a", 0, "v1", D1, "r1", T1, None, True), ("c", 2, "v1", D1, "r1", T1, T2, False)])
     assert change == HistoryChange(new=0, changed=0, unchanged=1, gone=1)
 
 
