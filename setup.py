@@ -18,7 +18,12 @@ setup(
         "pandas>=2.2,<3",
         "pyarrow>=18",
         "PyYAML>=6",
+        "matplotlib>=3.8",
     ],
-    extras_require={"test": ["chispa>=0.12", "pytest>=8"]},
+    extras_require={
+        "connect": ["pyspark[connect]>=4.2,<4.3"],
+        "mlflow": ["mlflow-skinny>=3.4"],
+        "test": ["chispa>=0.12", "pytest>=8"],
+    },
     entry_points={"console_scripts": ["custseg=custseg.cli:main"]},
 )

@@ -38,6 +38,7 @@ class SparkConfig:
     shuffle_partitions: int | None  # None: two per core of a local master, else Spark's
     log_level: str | None  # Spark's own log level (spark.log.level); None: Spark's default
     conf: dict[str, str]
+    remote: str | None = None  # Spark Connect: sc://host:port, or local[N] for a local Connect server
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,20 @@ class StabilityConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    dir: str  # one folder per run: report.html plus the PNG plots
+    sample_per_segment: int  # customers per segment in the plot samples (silhouette, PCA, t-SNE)
+    tsne: bool  # add a t-SNE scatter when scikit-learn is installed
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    enabled: bool  # log runs when mlflow is installed (pip install custseg[mlflow]); false: never
+    tracking_uri: str | None  # None: a local store in ./mlruns (or $MLFLOW_TRACKING_URI when set)
+    experiment: str
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConfig
     storage: StorageConfig
@@ -146,6 +161,8 @@ class Config:
     rfm: RfmConfig
     segment: SegmentConfig
     stability: StabilityConfig
+    report: ReportConfig = field(default_factory=lambda: ReportConfig("reports", 300, True))
+    mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(True, None, "custseg"))
     sources: tuple[SourceConfig, ...] = field(default=())
     customers: CustomerSourceConfig | None = None
 
