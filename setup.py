@@ -22,7 +22,7 @@ setup(
     ],
     extras_require={
         "connect": ["pyspark[connect]>=4.2,<4.3"],
-        "mlflow": ["mlflow-skinny>=3.4"],
+        "mlflow": ["mlflow>=3.4"],
         "test": ["chispa>=0.12", "pytest>=8"],
     },
     entry_points={"console_scripts": ["custseg=custseg.cli:main"]},

@@ -22,6 +22,7 @@ TEST_SETTINGS = [
     "spark.ui_enabled=false",
     f"spark.delta_jars_dir={ROOT / '.cache' / 'jars'}",
     "segment.k_max=6",
+    "mlflow.enabled=false",  # tests/test_tracking.py turns it on, with a store in its tmp dir
 ]
 
 _RESULTS: list[str] = []

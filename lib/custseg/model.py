@@ -34,7 +34,7 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from custseg import columns as c
-from custseg import history, io, stability
+from custseg import history, io, stability, tracking
 from custseg.config import Config, ConfigError, SegmentConfig
 from custseg.evaluate import SweepPoint, choose_k, cluster_indices
 from custseg.matching import assign
@@ -587,7 +587,8 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> SegmentResult:
     io.append(model_record(spark, result, cfg, run_id, as_of, fitted_at, data_range(features)), models_ref)
     save_labels(spark, label(model, features, cfg, result.model_version, result.k, run_id), cfg, run_id)
     labels = io.read(spark, io.table_ref(cfg.storage, cfg.tables.labels))
-    check_stability(spark, model, features, labels, cfg, result.k, run_id)
+    report = check_stability(spark, model, features, labels, cfg, result.k, run_id)
+    tracking.log_segment_run(cfg, run_id, result, as_of, model, report)
     return result
 
 

@@ -1,0 +1,144 @@
+"""Experiment tracking with mlflow, when it is installed (``pip install 'custseg[mlflow]'``).
+
+The Delta tables are the record of every run; mlflow is a second view of the same
+facts for teams that compare runs there. The segment job logs one mlflow run per
+custseg run (tagged ``custseg.run_id``): the settings as params, every k of the sweep
+as metrics stepped by k, the chosen model's metrics, stability, and the fitted
+PipelineModel. The report job adds its HTML and plots to that same run.
+
+Where the runs go: ``mlflow.tracking_uri`` in config, else ``$MLFLOW_TRACKING_URI``,
+else mlflow's own default, a SQLite store (``mlflow.db``) in the working directory.
+Credentials for a tracking server come from mlflow's environment variables
+(``MLFLOW_TRACKING_TOKEN`` and so on), never from config files.
+
+Tracking never fails a job: the segments are already in Delta when it runs, so an
+unreachable tracking server is a warning, not a lost run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from pyspark.ml import PipelineModel
+
+from custseg.config import Config
+
+log = logging.getLogger(__name__)
+
+RUN_TAG = "custseg.run_id"
+
+
+def available(cfg: Config) -> bool:
+    """mlflow is installed and config does not turn tracking off."""
+    return cfg.mlflow.enabled and importlib.util.find_spec("mlflow") is not None
+
+
+def _mlflow(cfg: Config):
+    import mlflow
+
+    if cfg.mlflow.tracking_uri:
+        mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    mlflow.set_experiment(cfg.mlflow.experiment)
+    return mlflow
+
+
+def segment_params(cfg: Config, result: Any, as_of: dt.date) -> dict[str, str]:
+    """What the run was fitted with, as mlflow params (strings of at most 6000 chars)."""
+    seg = cfg.segment
+    params: Mapping[str, Any] = {
+        "algorithm": seg.algorithm,
+        "features": ",".join(seg.features),
+        "log1p": ",".join(f for f in cfg.features.log1p if f in seg.features),
+        "cap_quantile": cfg.features.cap_quantile,
+        "pca_components": len(result.explained_variance) or None,
+        "pca_variance": seg.pca_variance,
+        "k_range": f"{seg.k_min}-{seg.k_max}",
+        "k": result.k,
+        "selection": "config" if seg.k else seg.selection,
+        "seed": seg.seed,
+        "max_iter": seg.max_iter,
+        "as_of_date": as_of.isoformat(),
+        "model_version": result.model_version,
+        "matched_to": result.matched_to,
+        "customers": result.customers,
+    }
+    return {k: str(v) for k, v in params.items()}
+
+
+def segment_metrics(result: Any, stability: Any | None) -> tuple[dict[str, float], list[tuple[str, float, int]]]:
+    """The chosen model's metrics, and every k of the sweep as (name, value, step=k)."""
+    chosen = next(p for p in result.sweep if p.k == result.k)
+    metric_names = ("wcss", "silhouette", "calinski_harabasz", "davies_bouldin")
+    final = {name: getattr(chosen, name) for name in metric_names}
+    if result.explained_variance:
+        final["explained_variance"] = sum(result.explained_variance)
+    if stability is not None and stability.replicates:
+        final["stability_min_ari"] = stability.min_ari
+        final["stability_seed_ari"] = stability.mean_seed_ari
+        final["stability_bootstrap_ari"] = stability.mean_bootstrap_ari
+        final["unstable_segments"] = len(stability.unstable_segments)
+    steps = [(f"sweep_{name}", getattr(p, name), p.k) for p in result.sweep for name in metric_names]
+    finite = {k: float(v) for k, v in final.items() if v is not None and math.isfinite(v)}
+    return finite, [(n, float(v), k) for n, v, k in steps if v is not None and math.isfinite(v)]
+
+
+def log_segment_run(
+    cfg: Config, run_id: str, result: Any, as_of: dt.date, model: PipelineModel, stability: Any | None
+) -> str | None:
+    """One mlflow run for this segment run; returns its id, or None when not tracked."""
+    if not available(cfg):
+        return None
+    try:
+        mlflow = _mlflow(cfg)
+        from mlflow.entities import Metric
+
+        final, steps = segment_metrics(result, stability)
+        with mlflow.start_run(run_name=run_id, tags={RUN_TAG: run_id}) as active:
+            mlflow.log_params(segment_params(cfg, result, as_of))
+            mlflow.log_metrics(final)
+            stamp = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+            mlflow.MlflowClient().log_batch(
+                active.info.run_id, metrics=[Metric(name, value, stamp, k) for name, value, k in steps]
+            )
+            import mlflow.spark
+
+            # Pinning the requirement skips mlflow's slow inference of the environment.
+            mlflow.spark.log_model(model, "model", pip_requirements=[f"pyspark=={_pyspark_version()}"])
+        log.info("mlflow: logged run %s to %s (experiment %s)", active.info.run_id, mlflow.get_tracking_uri(),
+                 cfg.mlflow.experiment)  # fmt: skip
+        return active.info.run_id
+    except Exception as exc:  # tracking is a second view of what Delta already holds
+        log.warning("mlflow: could not log run %s (%s: %s); the Delta tables are complete", run_id,
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")  # fmt: skip
+        return None
+
+
+def log_report(cfg: Config, run_id: str, report_dir: str) -> str | None:
+    """Add the report folder (HTML and plots) to the mlflow run of ``run_id``."""
+    if not available(cfg):
+        return None
+    try:
+        mlflow = _mlflow(cfg)
+        found = mlflow.search_runs(filter_string=f"tags.`{RUN_TAG}` = '{run_id}'", output_format="list")
+        if not found:
+            log.info("mlflow: no run tagged %s; the report is not logged", run_id)
+            return None
+        mlflow_run = found[0].info.run_id
+        mlflow.MlflowClient().log_artifacts(mlflow_run, report_dir, artifact_path="report")
+        log.info("mlflow: report added to run %s", mlflow_run)
+        return mlflow_run
+    except Exception as exc:
+        log.warning("mlflow: could not log the report of run %s (%s: %s)", run_id, type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "")  # fmt: skip
+        return None
+
+
+def _pyspark_version() -> str:
+    import pyspark
+
+    return pyspark.__version__
