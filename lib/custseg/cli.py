@@ -23,7 +23,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from custseg import __version__, customers, datagen, features, ingest, io, model, profiles
+from custseg import __version__, customers, datagen, features, ingest, io, model, profiles, progress
 from custseg import columns as c
 from custseg.config import Config, ConfigError, load_config, redacted
 from custseg.evaluate import adjusted_rand_index
@@ -50,14 +50,24 @@ def default_configs() -> list[str]:
 # --------------------------------------------------------------------------- stages
 
 
-def run_ingest(spark: SparkSession, cfg: Config, run_id: str) -> None:
+# Each stage returns the row counts its end-of-stage log line shows.
+Counts = dict[str, int]
+
+
+def run_ingest(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
+    counts: Counts = {}
     if cfg.sources:
         result = ingest.run(spark, cfg, run_id)
         print_profile(result.profile)
+        for key, attr in (("rows read", "rows_read"), ("accepted", "accepted"), ("new", "inserted"),
+                          ("quarantined", "quarantined"), ("duplicates", "duplicates")):  # fmt: skip
+            counts[key] = sum(getattr(s, attr) for s in result.counts)
     if cfg.customers is not None:
-        counts = customers.run(spark, cfg, run_id)
-        print(f"\nCustomer table {cfg.customers.name}: read {counts.rows_read}, accepted {counts.accepted}, "
-              f"quarantined {counts.quarantined}, exact duplicates {counts.duplicates}")  # fmt: skip
+        table = customers.run(spark, cfg, run_id)
+        print(f"\nCustomer table {cfg.customers.name}: read {table.rows_read}, accepted {table.accepted}, "
+              f"quarantined {table.quarantined}, exact duplicates {table.duplicates}")  # fmt: skip
+        counts.update({"customer rows read": table.rows_read, "customer rows accepted": table.accepted})
+    return counts
 
 
 PROFILE_SUMMARY = (
@@ -75,14 +85,16 @@ def print_profile(profile: list[dict]) -> None:
     print(table.to_string(index=False))
 
 
-def run_features(spark: SparkSession, cfg: Config, run_id: str) -> None:
+def run_features(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
     features.run(spark, cfg)
+    return {"customers": io.read(spark, io.table_ref(cfg.storage, cfg.tables.features)).count()}
 
 
-def run_segment(spark: SparkSession, cfg: Config, run_id: str) -> None:
+def run_segment(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
     result = model.run(spark, cfg, run_id)
     log.info("segment: k=%d, model %s", result.k, result.model_version)
     print_migrations(spark, cfg, run_id)
+    return {"customers fitted": result.customers, "segments": result.k}
 
 
 def print_migrations(spark: SparkSession, cfg: Config, run_id: str) -> None:
@@ -99,29 +111,38 @@ def print_migrations(spark: SparkSession, cfg: Config, run_id: str) -> None:
     print(matrix.astype(int).to_string())
 
 
-def run_profile(spark: SparkSession, cfg: Config, run_id: str) -> None:
-    profiles.run(spark, cfg)
+def run_profile(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
+    return {"segments": profiles.run(spark, cfg).count()}
 
 
-def run_score(spark: SparkSession, cfg: Config, run_id: str) -> None:
+def run_score(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
     change = model.score(spark, cfg, run_id, cfg.segment.score_model)
     print_migrations(spark, cfg, run_id)
     print(f"Scored: {change.new} new customers, {change.changed} moved segment, {change.unchanged} unchanged, "
           f"{change.gone} no longer in the features table")  # fmt: skip
+    return {"new": change.new, "moved": change.changed, "unchanged": change.unchanged, "gone": change.gone}
+
+
+def run_stage(name: str, spark: SparkSession, cfg: Config, run_id: str) -> None:
+    with progress.stage(name) as counts:
+        counts.update(STAGES[name][0](spark, cfg, run_id) or {})
+
+
+PIPELINE = ("ingest", "features", "segment", "profile")
 
 
 def run_all(spark: SparkSession, cfg: Config, run_id: str) -> None:
-    stages = (("ingest", run_ingest), ("features", run_features), ("segment", run_segment), ("profile", run_profile))
-    for name, stage in stages:
-        started = time.perf_counter()
-        log.info("== %s ==", name)
-        stage(spark, cfg, run_id)
-        log.info("== %s done in %.1fs ==", name, time.perf_counter() - started)
+    started = time.perf_counter()
+    for name in PIPELINE:
+        run_stage(name, spark, cfg, run_id)
+    log.info("pipeline done in %.1fs", time.perf_counter() - started)
     print_summary(spark, cfg, run_id)
 
 
 def run_demo(spark: SparkSession, cfg: Config, run_id: str) -> None:
-    datagen.generate(spark, cfg.demo)
+    with progress.stage("demo data") as counts:
+        datagen.generate(spark, cfg.demo)
+        counts["customers"] = cfg.demo.customers
     run_all(spark, cfg, run_id)
     labels = io.read(spark, io.table_ref(cfg.storage, cfg.tables.labels))
     truth = datagen.read_truth(spark, cfg.demo.raw_dir)
@@ -155,7 +176,7 @@ def print_summary(spark: SparkSession, cfg: Config, run_id: str) -> None:
         print(f"  {key:<17} {io.table_ref(cfg.storage, getattr(cfg.tables, key))}")
 
 
-STAGES: dict[str, tuple[Callable[[SparkSession, Config, str], None], str]] = {
+STAGES: dict[str, tuple[Callable[[SparkSession, Config, str], Counts | None], str]] = {
     "ingest": (
         run_ingest,
         "consolidate the raw sources into the canonical transactions table (plus quarantine and run log)",
@@ -172,6 +193,8 @@ STAGES: dict[str, tuple[Callable[[SparkSession, Config, str], None], str]] = {
     "demo": (run_demo, "generate the demo sources, run everything, and score against the planted truth"),
 }
 
+
+COMPOSITE = ("run", "demo")  # they log each of their stages themselves
 
 # --------------------------------------------------------------------------- main
 
@@ -222,7 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("custseg %s %s, run %s", __version__, args.command, run_id)
         log.info("effective config: %s", json.dumps(redacted(cfg), sort_keys=True))
         spark = get_spark(cfg.spark)
-        STAGES[args.command][0](spark, cfg, run_id)
+        if args.command in COMPOSITE:
+            STAGES[args.command][0](spark, cfg, run_id)
+        else:
+            run_stage(args.command, spark, cfg, run_id)
         return 0
     except USER_ERRORS as exc:
         log.error("%s", exc, exc_info=args.debug)

@@ -13,7 +13,6 @@ import dataclasses
 import datetime as dt
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +33,7 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from custseg import columns as c
-from custseg import history, io, stability, tracking
+from custseg import history, io, progress, stability, tracking
 from custseg.config import Config, ConfigError, SegmentConfig
 from custseg.evaluate import SweepPoint, choose_k, cluster_indices
 from custseg.matching import assign
@@ -237,8 +236,8 @@ def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dic
     for every algorithm)."""
     ks = [cfg.k] if cfg.k else list(range(cfg.k_min, cfg.k_max + 1))
     points, models = [], {}
-    for i, k in enumerate(ks, start=1):
-        started = time.perf_counter()
+    steps = progress.Steps("k sweep", len(ks))
+    for k in ks:
         model = clusterer(cfg, k).fit(vectors)
         predictions = model.transform(vectors)
         indices = cluster_indices(predictions, VECTOR, PREDICTION)
@@ -252,11 +251,10 @@ def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dic
         )
         points.append(point)
         models[k] = model
-        log.info(
-            "k sweep %d/%d: k=%d wcss=%.2f silhouette=%.4f calinski_harabasz=%.1f davies_bouldin=%.4f (%.1fs)",
-            i, len(ks), k, point.wcss, point.silhouette, point.calinski_harabasz, point.davies_bouldin,
-            time.perf_counter() - started,
-        )  # fmt: skip
+        steps.step(
+            f"k={k} wcss={point.wcss:.2f} silhouette={point.silhouette:.4f} "
+            f"calinski_harabasz={point.calinski_harabasz:.1f} davies_bouldin={point.davies_bouldin:.4f}"
+        )
     return points, models
 
 

@@ -8,7 +8,6 @@ stability").
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import fmean
@@ -19,6 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from custseg import columns as c
+from custseg import progress
 from custseg.evaluate import adjusted_rand_index
 
 log = logging.getLogger(__name__)
@@ -155,20 +155,17 @@ def stability(
         vectors = vectors.persist(StorageLevel.MEMORY_AND_DISK)
     replicates: list[Replicate] = []
     jaccards: dict[int, list[float]] = {}
+    steps = progress.Steps("stability", len(plan))
     try:
-        for step, (kind, number, seed, sample_seed) in enumerate(plan, start=1):
-            started = time.perf_counter()
+        for kind, number, seed, sample_seed in plan:
             train = vectors if sample_seed is None else vectors.sample(True, 1.0, seed=sample_seed)
             model = estimator_for(seed).fit(train)
             ari, per_segment = _compare(model.transform(vectors), reference)
             replicates.append(Replicate(kind=kind, replicate=number, seed=seed, ari=ari))
             for segment, value in per_segment.items():
                 jaccards.setdefault(segment, []).append(value)
-            log.info(
-                "stability %d/%d: %s %d seed=%d ARI=%.4f min Jaccard=%.3f (%.1fs)",
-                step, len(plan), kind, number, seed, ari, min(per_segment.values(), default=float("nan")),
-                time.perf_counter() - started,
-            )  # fmt: skip
+            steps.step(f"{kind} {number} seed={seed} ARI={ari:.4f} "
+                       f"min Jaccard={min(per_segment.values(), default=float('nan')):.3f}")  # fmt: skip
     finally:
         if owned:
             vectors.unpersist()
