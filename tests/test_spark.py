@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
-from custseg.spark import FETCH_JARS_COMMAND, MissingJarsError, delta_artifact, session_conf
+from custseg.spark import FETCH_JARS_COMMAND, MissingJarsError, delta_artifact, remote_url, session_conf
 from tests.conftest import make_config
 
 
@@ -28,4 +29,40 @@ def test_session_conf_cluster_leaves_master_and_jars_to_spark_submit(tmp_path):
     cfg = dataclasses.replace(make_config(tmp_path).spark, master=None, delta_jars_dir=None, shuffle_partitions=None)
     conf = session_conf(cfg)
     assert "spark.jars" not in conf and "spark.master" not in conf
+    assert conf["spark.sql.shuffle.partitions"] == "200"
+
+
+def test_remote_url_from_config_wins_over_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARK_REMOTE", "sc://env-host:15002")
+    cfg = make_config(tmp_path).spark
+    assert remote_url(cfg) == ("sc://env-host:15002", "$SPARK_REMOTE")
+    assert remote_url(dataclasses.replace(cfg, remote="sc://cfg-host:15002")) == ("sc://cfg-host:15002", "spark.remote")
+
+
+def test_remote_url_none_without_config_or_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    assert remote_url(make_config(tmp_path).spark) == (None, "")
+
+
+def test_session_conf_local_connect_server_gets_delta_jars_and_local_sizing(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    # the Connect URL replaces the master, so a cluster master does not count here
+    cfg = dataclasses.replace(make_config(tmp_path).spark, master="yarn", remote="local[2]", shuffle_partitions=None)
+    conf = session_conf(cfg)
+    assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    assert f"{delta_artifact()}.jar" in conf["spark.jars"]
+    assert conf["spark.sql.shuffle.partitions"] == str(2 * (os.cpu_count() or 1))
+    assert conf["spark.databricks.delta.snapshotPartitions"] == conf["spark.sql.shuffle.partitions"]
+
+
+def test_session_conf_remote_connect_server_needs_no_local_jars(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    cfg = dataclasses.replace(
+        make_config(tmp_path).spark,
+        remote="sc://spark.example.com:15002",
+        delta_jars_dir=str(tmp_path / "empty"),  # no MissingJarsError: the server has its own
+        shuffle_partitions=None,
+    )
+    conf = session_conf(cfg)
+    assert "spark.jars" not in conf and "spark.databricks.delta.snapshotPartitions" not in conf
     assert conf["spark.sql.shuffle.partitions"] == "200"

@@ -18,6 +18,7 @@ from datetime import datetime
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import TimestampType
 
 from custseg import io
 from custseg.columns import AS_OF_DATE, CUSTOMER_ID, MODEL_VERSION, RUN_ID, SEGMENT_ID
@@ -96,16 +97,23 @@ def merge_history(
     # The standard SCD2 staging: every label keyed by its customer (matches, and so closes,
     # a changed current row), plus each changed customer again with a null key, which never
     # matches and so inserts the new current row in the same MERGE.
-    staged = labels.select(F.col(CUSTOMER_ID).alias(_MERGE_KEY), *LABEL_COLUMNS).unionByName(changed)
-    close = {VALID_TO: F.lit(run_ts).cast("timestamp"), IS_CURRENT: F.lit(False)}
-    (
-        io.delta_table(spark, ref)
-        .alias("t")
-        .merge(staged.alias("s"), (F.col(f"t.{CUSTOMER_ID}") == F.col(f"s.{_MERGE_KEY}")) & F.col(f"t.{IS_CURRENT}"))
-        .whenMatchedUpdate(condition=~_same_segment(F.col(f"t.{SEGMENT_ID}"), F.col(f"s.{SEGMENT_ID}")), set=close)
-        .whenNotMatchedInsert(values=_opened_row(lambda name: F.col(f"s.{name}"), run_id, run_ts))
-        .whenNotMatchedBySourceUpdate(condition=F.col(f"t.{IS_CURRENT}"), set=close)
-        .execute()
+    opened = _opened_row(F.col, run_id, run_ts)
+    staged = (
+        labels.select(F.col(CUSTOMER_ID).alias(_MERGE_KEY), *LABEL_COLUMNS)
+        .unionByName(changed)
+        .select(_MERGE_KEY, *(v.alias(k) for k, v in opened.items()))
+    )
+    close = f"UPDATE SET {VALID_TO} = {_timestamp_sql(run_ts)}, {IS_CURRENT} = false"
+    io.merge(
+        spark,
+        staged,
+        ref,
+        on=f"t.{CUSTOMER_ID} = s.{_MERGE_KEY} AND t.{IS_CURRENT}",
+        clauses=[
+            f"WHEN MATCHED AND NOT (t.{SEGMENT_ID} <=> s.{SEGMENT_ID}) THEN {close}",
+            f"WHEN NOT MATCHED THEN INSERT ({', '.join(opened)}) VALUES ({', '.join(f's.{k}' for k in opened)})",
+            f"WHEN NOT MATCHED BY SOURCE AND t.{IS_CURRENT} THEN {close}",
+        ],
     )
     return change
 
@@ -181,6 +189,13 @@ def _opened_row(col: Callable[[str], Column], run_id: str, run_ts: datetime) -> 
         VALID_TO: F.lit(None).cast("timestamp"),
         IS_CURRENT: F.lit(True),
     }
+
+
+def _timestamp_sql(ts: datetime) -> str:
+    """``ts`` as a SQL TIMESTAMP, the same instant ``F.lit(ts)`` gives (a naive datetime is
+    this process's local time). Delta's MERGE leaves SQL parameters unbound, so it is
+    written out, as microseconds since the epoch."""
+    return f"timestamp_micros({TimestampType().toInternal(ts)})"
 
 
 def _require_unique_ids(labels: DataFrame) -> None:

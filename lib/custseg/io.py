@@ -2,17 +2,22 @@
 
 A table is addressed by a ``TableRef``: a path (``storage.mode: path``, the default) or
 a catalog name (``storage.mode: catalog``). Callers never branch on which.
+
+MERGEs and existence checks are SQL, not Delta's Python ``DeltaTable`` API: over Spark
+Connect (Databricks serverless and shared clusters) that API needs Delta's Connect
+plugin on the server, while SQL works on any session with Delta.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
 from custseg.config import StorageConfig
@@ -47,7 +52,14 @@ def table_ref(storage: StorageConfig, name: str) -> TableRef:
 def exists(spark: SparkSession, ref: TableRef) -> bool:
     if ref.identifier:
         return spark.catalog.tableExists(ref.identifier)
-    return DeltaTable.isDeltaTable(spark, ref.path)
+    # As DeltaTable.isDeltaTable: true only at the root of a Delta table.
+    try:
+        spark.sql(f"DESCRIBE DETAIL {sql_name(ref)}")
+    except AnalysisException as exc:
+        if exc.getCondition() == "DELTA_MISSING_DELTA_TABLE":
+            return False
+        raise
+    return True
 
 
 def read(spark: SparkSession, ref: TableRef) -> DataFrame:
@@ -56,14 +68,52 @@ def read(spark: SparkSession, ref: TableRef) -> DataFrame:
     return spark.read.format("delta").load(ref.path)
 
 
-def delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
+def sql_name(ref: TableRef) -> str:
+    """The table as SQL names it: the catalog identifier, or delta.`<path>`."""
     if ref.identifier:
-        return DeltaTable.forName(spark, ref.identifier)
-    return DeltaTable.forPath(spark, ref.path)
+        return ref.identifier
+    return "delta.`{}`".format(ref.path.replace("`", "``"))
+
+
+def merge(
+    spark: SparkSession,
+    source: DataFrame,
+    ref: TableRef,
+    on: str,
+    clauses: Sequence[str],
+    schema_evolution: bool = False,
+) -> None:
+    """``MERGE INTO`` the table at ``ref`` (alias ``t``) ``USING source`` (alias ``s``)
+    ``ON`` the condition ``on``, with ``clauses`` (``WHEN ... THEN ...``) in order."""
+    evolution = " WITH SCHEMA EVOLUTION" if schema_evolution else ""
+    target, condition, actions = (_escape_braces(t) for t in (sql_name(ref), on, " ".join(clauses)))
+    # spark.sql(..., source=df) puts the DataFrame in with str.format, on classic and Connect alike.
+    spark.sql(f"MERGE{evolution} INTO {target} AS t USING {{source}} AS s ON {condition} {actions}", source=source)
+
+
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+# Test hook for tests/test_faults.py, off unless set: CUSTSEG_SLOW_WRITE=<table>[:<seconds>]
+# makes the first row of partition 0 of that table's writes wait (default 120 s) inside
+# the write task, so the other data files land while the Delta commit waits: a test can
+# kill the driver between the two. Filtering on an always-true condition keeps the data.
+SLOW_WRITE_ENV = "CUSTSEG_SLOW_WRITE"
+
+
+def _slowed_for_tests(df: DataFrame, ref: TableRef) -> DataFrame:
+    table, _, seconds = os.environ.get(SLOW_WRITE_ENV, "").partition(":")
+    if table != ref.name:
+        return df
+    millis = int(float(seconds or 120) * 1000)
+    log.warning("%s is set: the write of %s waits %d ms in one task", SLOW_WRITE_ENV, ref, millis)
+    wait = f"reflect('java.lang.Thread', 'sleep', CAST({millis} AS BIGINT)) IS NOT NULL"  # void: the string 'null'
+    return df.where(f"monotonically_increasing_id() != 0 OR {wait}")
 
 
 def _save(df: DataFrame, ref: TableRef, mode: str, overwrite_schema: bool = False, merge_schema: bool = False) -> None:
-    writer = df.write.format("delta").mode(mode)
+    writer = _slowed_for_tests(df, ref).write.format("delta").mode(mode)
     if overwrite_schema:
         writer = writer.option("overwriteSchema", "true")
     if merge_schema:
@@ -93,12 +143,11 @@ def insert_new(spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence
     ``keys``.
     """
     if not exists(spark, ref):
-        _save(df, ref, "errorifexists")
+        _save(df, ref, "error")  # "errorifexists" in classic Spark only; Connect's client knows "error"
         return
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     # A table written by an older release gains the columns added since (older rows: null).
-    merge = delta_table(spark, ref).alias("t").merge(df.alias("s"), condition).withSchemaEvolution()
-    merge.whenNotMatchedInsertAll().execute()
+    merge(spark, df, ref, condition, ["WHEN NOT MATCHED THEN INSERT *"], schema_evolution=True)
     log.info("merged into %s on %s", ref, ", ".join(keys))
 
 
@@ -107,4 +156,4 @@ def delete_matching(spark: SparkSession, df: DataFrame, ref: TableRef, keys: Seq
     if not exists(spark, ref):
         return
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-    delta_table(spark, ref).alias("t").merge(df.alias("s"), condition).whenMatchedDelete().execute()
+    merge(spark, df, ref, condition, ["WHEN MATCHED THEN DELETE"])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import socket
 import sys
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -24,6 +27,53 @@ _DELTA_CONF = {
 
 class MissingJarsError(RuntimeError):
     """The Delta Lake jars are not in the project-local cache."""
+
+
+class MasterUnreachableError(RuntimeError):
+    """No host of a ``spark://`` master accepts connections."""
+
+
+MASTER_CONNECT_TIMEOUT = 3.0  # seconds per host of a spark:// master, for the pre-flight check
+
+
+def check_master(master: str | None, timeout: float = MASTER_CONNECT_TIMEOUT) -> None:
+    """Fail fast when no host of a standalone master (``spark://h1:p1[,h2:p2]``) accepts a
+    TCP connection: the driver would otherwise retry for about a minute before giving up
+    with "All masters are unresponsive". One reachable host is enough (the others may be
+    standbys). Other masters (local, yarn, k8s) are not checked."""
+    if not master or not master.startswith("spark://"):
+        return
+    failures = []
+    for address in master.removeprefix("spark://").split(","):
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                return
+        except (OSError, ValueError) as exc:
+            failures.append(f"{address}: {getattr(exc, 'strerror', None) or exc}")
+    raise MasterUnreachableError(
+        f"Spark master {master} is not reachable ({'; '.join(failures)}). Check that the master is running "
+        f"and that --master (or spark.master) matches the URL its log shows after 'Starting Spark master at'."
+    )
+
+
+def _submitted_master() -> str | None:
+    """The master spark-submit was given, before any session exists: spark-submit starts
+    this Python process with a Py4J gateway into its JVM (``$PYSPARK_GATEWAY_PORT``),
+    where the submit options are system properties. None outside spark-submit."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ or SparkSession.getActiveSession() is not None:
+        return None
+    from pyspark.java_gateway import launch_gateway
+
+    try:
+        gateway = launch_gateway()  # connects to the running JVM; starts nothing
+        try:
+            return gateway.jvm.java.lang.System.getProperty("spark.master")
+        finally:
+            gateway.close()
+    except Exception as exc:  # the check is a courtesy: never fail a job over it
+        log.debug("could not read spark.master from the spark-submit JVM: %s", exc)
+        return None
 
 
 def delta_artifact() -> str:
@@ -51,8 +101,21 @@ def delta_jars(jars_dir: str | Path) -> list[str]:
     return sorted(str(p) for p in directory.glob("*.jar"))
 
 
+def remote_url(cfg: SparkConfig) -> tuple[str | None, str]:
+    """The Spark Connect URL, if any, and where it came from: ``spark.remote`` in config
+    wins over ``$SPARK_REMOTE``; (None, "") means a classic session."""
+    if cfg.remote:
+        return cfg.remote, "spark.remote"
+    if os.environ.get("SPARK_REMOTE"):
+        return os.environ["SPARK_REMOTE"], "$SPARK_REMOTE"
+    return None, ""
+
+
 def session_conf(cfg: SparkConfig) -> dict[str, str]:
-    """Everything the builder sets, as plain settings (kept separate for tests and logs)."""
+    """Everything the builder sets, as plain settings (kept separate for tests and logs).
+
+    For a remote Connect server (``sc://``) these are wishes: ``get_spark`` sets only
+    those the server lets a client change, and leaves out the local Delta jars."""
     conf: dict[str, str] = {
         **_DELTA_CONF,
         "spark.sql.adaptive.enabled": "true",
@@ -64,7 +127,7 @@ def session_conf(cfg: SparkConfig) -> dict[str, str]:
     }
     if cfg.log_level:
         conf["spark.log.level"] = cfg.log_level
-    if cfg.delta_jars_dir:
+    if cfg.delta_jars_dir and not _is_remote_server(cfg):
         conf["spark.jars"] = ",".join(delta_jars(cfg.delta_jars_dir))
     if _is_local(cfg):
         # Delta rebuilds table state with 50 tasks by default: seconds per read locally.
@@ -76,7 +139,16 @@ def session_conf(cfg: SparkConfig) -> dict[str, str]:
 
 
 def _is_local(cfg: SparkConfig) -> bool:
-    return bool(cfg.master) and cfg.master.startswith("local")
+    """Spark runs in this machine's JVM: a local master, or a local Connect server
+    (``remote: local[N]``, which replaces the master)."""
+    remote, _ = remote_url(cfg)
+    master = remote if remote else cfg.master
+    return bool(master) and master.startswith("local")
+
+
+def _is_remote_server(cfg: SparkConfig) -> bool:
+    remote, _ = remote_url(cfg)
+    return bool(remote) and not remote.startswith("local")
 
 
 def _shuffle_partitions(cfg: SparkConfig) -> int:
@@ -89,10 +161,16 @@ def _shuffle_partitions(cfg: SparkConfig) -> int:
 
 def get_spark(cfg: SparkConfig) -> SparkSession:
     """Build (or reuse) the session. The master comes from config only when config sets
-    one; otherwise spark-submit or the platform has already decided it."""
+    one; otherwise spark-submit or the platform has already decided it. With
+    ``spark.remote`` (or ``$SPARK_REMOTE``) the session is a Spark Connect client instead,
+    and ``spark.master`` is ignored: a Connect URL replaces the master."""
+    remote, origin = remote_url(cfg)
+    if remote:
+        return _connect_session(cfg, remote, origin)
     if _is_local(cfg):
         # A laptop's hostname often resolves to loopback; say so instead of warning.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    check_master(cfg.master or _submitted_master())
     builder = SparkSession.builder.appName(cfg.app_name)
     if cfg.master:
         builder = builder.master(cfg.master)
@@ -100,4 +178,35 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     log.info("Spark %s session ready (master %s)", spark.version, spark.conf.get("spark.master", "?"))
+    return spark
+
+
+def _connect_session(cfg: SparkConfig, remote: str, origin: str) -> SparkSession:
+    conf = session_conf(cfg)
+    builder = SparkSession.builder.remote(remote)
+    if _is_local(cfg):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # pyspark starts the local server with every builder setting (jars, Delta's
+        # extensions), then also offers them all to the client session, where the static
+        # ones are refused with a warning each: expected, so not shown.
+        builder = builder.appName(cfg.app_name).config(map=conf)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Failed to set spark\.", category=UserWarning)
+            spark = builder.getOrCreate()
+        skipped: list[str] = []
+    else:
+        # A remote server is set up already (Delta included); a client may change only
+        # its session's runtime settings, and a static one would fail the session.
+        spark = builder.getOrCreate()
+        runtime = {key: value for key, value in conf.items() if spark.conf.isModifiable(key)}
+        for key, value in runtime.items():
+            spark.conf.set(key, value)
+        skipped = sorted(set(conf) - set(runtime))
+    # A fitted MLlib model frees its server-side copy when garbage-collected; during
+    # interpreter shutdown that call hangs for good (grpc cannot start a thread then).
+    # Stopping the session first turns those calls into no-ops.
+    atexit.register(spark.stop)
+    log.info("Spark %s Connect session ready (remote %s, from %s)", spark.version, remote, origin)
+    if skipped:
+        log.info("left to the Connect server (not settable by a client): %s", ", ".join(skipped))
     return spark
