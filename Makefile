@@ -9,8 +9,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JARS   := .cache/jars/.complete
+CLUSTER := data/cluster
 
-.PHONY: setup jars demo test lint package clean
+.PHONY: setup jars demo test lint package cluster-demo clean
 
 setup: $(STAMP) $(JARS)
 
@@ -41,6 +42,22 @@ package: $(STAMP)
 	rm -rf dist && mkdir -p dist
 	cd lib && $(abspath $(PY)) -m zipfile -c ../dist/custseg.zip custseg
 	@echo "dist/custseg.zip: spark-submit --py-files dist/custseg.zip jobs/run.py --config conf/base.yaml --config conf/cluster.yaml"
+
+# The demo on a real Spark standalone cluster on this machine: a master and two workers
+# (1 core, 1g each) on 127.0.0.1 and free ports, started by custseg.standalone, which
+# stops them however the job ends. spark-submit runs jobs/demo.py (generate the demo
+# sources on the cluster, then the whole pipeline) as in production: the package zip,
+# the Delta jars, conf/cluster.yaml.
+cluster-demo: setup package
+	PATH=$(abspath $(VENV))/bin:$$PATH PYSPARK_PYTHON=$(abspath $(PY)) \
+	$(PY) -m custseg.standalone run --work-dir $(CLUSTER)/spark --workers 2 --cores 1 --memory 1g -- \
+	  spark-submit --master {master} --py-files dist/custseg.zip --jars "$$(ls .cache/jars/*.jar | paste -sd, -)" \
+	  jobs/demo.py --config conf/base.yaml --config conf/cluster.yaml \
+	  --set storage.root=$(CLUSTER)/lake --set segment.model_dir=$(CLUSTER)/models \
+	  --set spark.log_level=WARN --set spark.shuffle_partitions=4 \
+	  --set spark.conf.spark.databricks.delta.snapshotPartitions=4
+	@echo "Segment labels: $(CLUSTER)/lake/segment_labels (Delta; all tables in $(CLUSTER)/lake)," \
+	  "cluster logs: $(CLUSTER)/spark/logs"
 
 clean:
 	rm -rf data models dist spark-warehouse .pytest_cache
