@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from chispa import assert_df_equality
 from delta.tables import DeltaTable
@@ -51,7 +52,11 @@ def test_demo_run_labels_every_valid_customer_once_and_recovers_archetypes(spark
 
     run_log = DeltaTable.forPath(spark, str(lake / "run_log")).toDF()
     unbalanced = run_log.where("rows_read != accepted + quarantined + duplicates").count()
-    assert run_log.count() == 2 and unbalanced == 0
+    assert run_log.where("job = 'ingest'").count() == 2 and unbalanced == 0
+    # the report is linked from the run log, and every plot is in it
+    report = run_log.where("job = 'report'").select("run_id", "artifact").first()
+    assert report["run_id"] == "e2e-run" and Path(report["artifact"]).is_file()
+    assert len(list(Path(report["artifact"]).parent.glob("*.png"))) == 6
 
     stability = DeltaTable.forPath(spark, str(lake / "segment_stability_runs")).toDF()
     seed_ari = stability.where("kind = 'seed'").agg({"ari": "min"}).first()[0]

@@ -18,22 +18,23 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from custseg import __version__, customers, datagen, features, ingest, io, model, profiles, progress
+from custseg import __version__, customers, datagen, features, ingest, io, model, profiles, progress, report, tracking
 from custseg import columns as c
 from custseg.config import Config, ConfigError, load_config, redacted
 from custseg.evaluate import adjusted_rand_index
 from custseg.sources import SourceError
-from custseg.spark import MissingJarsError, get_spark
+from custseg.spark import MasterUnreachableError, MissingJarsError, get_spark
 
 log = logging.getLogger("custseg")
 
 ENV_VAR = "CUSTSEG_ENV"
-USER_ERRORS = (ConfigError, SourceError, MissingJarsError)
+USER_ERRORS = (ConfigError, SourceError, MissingJarsError, MasterUnreachableError)
 
 
 def new_run_id() -> str:
@@ -115,6 +116,16 @@ def run_profile(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
     return {"segments": profiles.run(spark, cfg).count()}
 
 
+def run_report(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
+    """The report of the current labels' run, linked from the run log and, when
+    tracking, added to that run in mlflow."""
+    result = report.run(spark, cfg)
+    ingest.log_artifact(spark, cfg, result.run_id, "report", result.path)
+    tracking.log_report(cfg, result.run_id, str(Path(result.path).parent))
+    print(f"\nReport: {result.path}")
+    return {"plots": len(result.plots)}
+
+
 def run_score(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
     change = model.score(spark, cfg, run_id, cfg.segment.score_model)
     print_migrations(spark, cfg, run_id)
@@ -128,7 +139,7 @@ def run_stage(name: str, spark: SparkSession, cfg: Config, run_id: str) -> None:
         counts.update(STAGES[name][0](spark, cfg, run_id) or {})
 
 
-PIPELINE = ("ingest", "features", "segment", "profile")
+PIPELINE = ("ingest", "features", "segment", "profile", "report")
 
 
 def run_all(spark: SparkSession, cfg: Config, run_id: str) -> None:
@@ -184,12 +195,13 @@ STAGES: dict[str, tuple[Callable[[SparkSession, Config, str], Counts | None], st
     "features": (run_features, "compute RFM and behavioural features per customer as of a date"),
     "segment": (run_segment, "scale, PCA, sweep k, choose k, fit, label, merge history, check stability"),
     "profile": (run_profile, "profile and name the segments (sizes, shares, feature z-scores, RFM mix)"),
+    "report": (run_report, "write the HTML report (and PNG plots) of the current labels' run"),
     "score": (
         run_score,
         "label the customers in the features table with the latest saved model (or segment.score_model), "
         "without refitting",
     ),
-    "run": (run_all, "ingest, features, segment and profile in order, then print the segments"),
+    "run": (run_all, "ingest, features, segment, profile and report in order, then print the segments"),
     "demo": (run_demo, "generate the demo sources, run everything, and score against the planted truth"),
 }
 

@@ -281,6 +281,15 @@ def _check_stored(
     return result
 
 
+def log_artifact(spark: SparkSession, cfg: Config, run_id: str, job: str, path: str) -> None:
+    """A run-log row that points at a file a job wrote for the run (e.g. the report)."""
+    row = spark.createDataFrame(
+        [(run_id, job, path, dt.datetime.now(dt.UTC).replace(tzinfo=None))],
+        "run_id STRING, job STRING, artifact STRING, logged_at TIMESTAMP",
+    )
+    io.append(row, io.table_ref(cfg.storage, cfg.tables.run_log))
+
+
 def _write_run_log(spark: SparkSession, cfg: Config, run_id: str, counts: list[SourceCounts], now: dt.datetime) -> None:
     rows = [
         (run_id, "ingest", s.source, s.rows_read, s.duplicates, s.accepted, s.quarantined, s.inserted, now)
