@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
+from custseg import standalone
 from custseg.config import Config, load_config
 from custseg.spark import get_spark
 
@@ -66,3 +67,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         terminalreporter.section("measured")
         for line in _RESULTS:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[standalone.Cluster]:
+    """A standalone cluster (master and two 1-core workers) per test module that asks."""
+    with standalone.cluster(tmp_path_factory.mktemp("standalone"), workers=2, cores=1, memory="1g") as running:
+        yield running
+
+
+@pytest.fixture
+def submitted() -> Iterator[list]:
+    """spark-submit jobs a test starts (tests/test_cluster.Submitted); any still running
+    at the end is killed."""
+    jobs: list = []
+    yield jobs
+    for job in jobs:
+        job.kill()

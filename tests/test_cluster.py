@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,27 +176,12 @@ def submit(
     return Submitted(proc=proc, log=log, run_dir=run_dir)
 
 
-@pytest.fixture
-def submitted() -> Iterator[list[Submitted]]:
-    """Jobs a test starts; any still running at the end is killed."""
-    jobs: list[Submitted] = []
-    yield jobs
-    for job in jobs:
-        job.kill()
-
-
 def apps_on_workers(cluster: standalone.Cluster) -> list[set[str]]:
     """Per worker, the applications it ran executors for (one folder each in its work dir)."""
     return [{p.name for p in (cluster.work_dir / f"worker-{i}").glob("app-*")} for i in range(len(cluster.workers))]
 
 
 # --------------------------------------------------------------------------- tests
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[standalone.Cluster]:
-    with standalone.cluster(tmp_path_factory.mktemp("standalone"), workers=2, cores=1, memory="1g") as running:
-        yield running
 
 
 def test_cluster_run_labels_equal_local_run(spark, cluster, tmp_path_factory, tmp_path, submitted, report):

@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ from custseg.io import SLOW_WRITE_ENV
 from custseg.spark import MasterUnreachableError, check_master, get_spark
 from tests.conftest import make_config
 from tests.test_cluster import (
-    Submitted,
     apps_on_workers,
     demo_data,
     labels,
@@ -35,21 +33,6 @@ from tests.test_cluster import (
 )
 
 FEATURES = "customer_features"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[standalone.Cluster]:
-    with standalone.cluster(tmp_path_factory.mktemp("standalone"), workers=2, cores=1, memory="1g") as running:
-        yield running
-
-
-@pytest.fixture
-def submitted() -> Iterator[list[Submitted]]:
-    """Jobs a test starts; any still running at the end is killed."""
-    jobs: list[Submitted] = []
-    yield jobs
-    for job in jobs:
-        job.kill()
 
 
 @pytest.fixture(scope="module")
