@@ -54,9 +54,9 @@ def test_demo_run_labels_every_valid_customer_once_and_recovers_archetypes(spark
     unbalanced = run_log.where("rows_read != accepted + quarantined + duplicates").count()
     assert run_log.where("job = 'ingest'").count() == 2 and unbalanced == 0
     # the report is linked from the run log, and every plot is in it
-    report = run_log.where("job = 'report'").select("run_id", "artifact").first()
-    assert report["run_id"] == "e2e-run" and Path(report["artifact"]).is_file()
-    assert len(list(Path(report["artifact"]).parent.glob("*.png"))) == 6
+    linked = run_log.where("job = 'report'").select("run_id", "artifact").first()
+    assert linked["run_id"] == "e2e-run" and Path(linked["artifact"]).is_file()
+    assert len(list(Path(linked["artifact"]).parent.glob("*.png"))) == 6
 
     stability = DeltaTable.forPath(spark, str(lake / "segment_stability_runs")).toDF()
     seed_ari = stability.where("kind = 'seed'").agg({"ari": "min"}).first()[0]
