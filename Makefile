@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 JARS   := .cache/jars/.complete
 CLUSTER := data/cluster
 
-.PHONY: setup jars demo test lint package cluster-demo clean
+.PHONY: setup jars browser demo test lint package cluster-demo clean
 
 setup: $(STAMP) $(JARS)
 
@@ -31,8 +31,19 @@ $(JARS): $(STAMP) deps/pom.xml deps/fetch_jars.py
 demo: setup
 	$(VENV)/bin/custseg demo
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
+
+# Chromium for the test that opens the report in a real browser: Debian's package, installed
+# once where apt-get runs as root (CI); elsewhere a note, and that one test is skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium for the report's browser test" && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "note: no Chromium, so the report's browser test will be skipped (install chromium, or set CUSTSEG_CHROMIUM)"; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib jobs tests notebooks deps setup.py

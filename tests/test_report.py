@@ -4,6 +4,8 @@ page, and one real report on a small demo lake."""
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -347,3 +349,53 @@ def test_run_rejects_a_run_that_is_not_the_current_labels(spark, lake):
     cfg, _ = lake
     with pytest.raises(ValueError, match="not the run of the current labels"):
         report.run(spark, cfg, "some-other-run")
+
+
+# --------------------------------------------------------------------------- in a real browser
+
+CHROMIUM_ARGS = [  # headless as root, on a machine with no internet: nothing phones home
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+def chromium() -> str:
+    """Chromium's path: $CUSTSEG_CHROMIUM or the first on PATH. `make test` installs Debian's
+    where it can (`make browser`); without it this test fails in CI and is skipped elsewhere."""
+    found = os.environ.get("CUSTSEG_CHROMIUM") or next(
+        filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
+    )
+    if not found:
+        message = "no Chromium on this machine: `make browser` installs Debian's (or set CUSTSEG_CHROMIUM)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def test_run_report_opens_in_chromium_with_every_plot_drawn(lake):
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    _, result = lake
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(Path(result.path).as_uri())
+            images = page.evaluate(
+                """Array.from(document.images).map(i => ({id: i.id, loaded: i.complete, width: i.naturalWidth,
+                   height: i.naturalHeight, shown: i.getBoundingClientRect().width}))"""
+            )
+            title = page.title()
+            page.screenshot(path=str(Path(result.path).with_name("screenshot.png")), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert title == "Customer segments: run report-run"
+    assert sorted(image["id"] for image in images) == sorted(f"plot-{name}" for name in result.plots)
+    for image in images:  # decoded by the browser, and drawn at a readable width inside the page
+        assert image["loaded"] and image["width"] >= 600 and image["height"] >= 300, image
+        assert 600 <= image["shown"] <= 1280, image
+    assert Path(result.path).with_name("screenshot.png").read_bytes().startswith(PNG_SIGNATURE)
