@@ -46,7 +46,7 @@ browser:
 	fi
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lib jobs tests notebooks deps setup.py
+	$(VENV)/bin/ruff check lib jobs tests notebooks deps benchmarks setup.py
 
 # What spark-submit --py-files needs: the package as a zip (dist/custseg.zip).
 package: $(STAMP)
@@ -72,3 +72,12 @@ cluster-demo: setup package
 
 clean:
 	rm -rf data models dist spark-warehouse .pytest_cache
+
+# The benchmark of issue 6: N generated transactions through our pipeline, pandas +
+# scikit-learn and DuckDB, each in its own measured process. Tables, plot and the summary
+# across sizes go to benchmarks/results/; generated data stays in data/bench/<N>/.
+#   make bench N=10000000
+N ?= 1000000
+.PHONY: bench
+bench: setup
+	$(PY) -m benchmarks.run --transactions $(N)
