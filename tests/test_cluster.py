@@ -25,20 +25,12 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
 from custseg import columns as c
-from custseg import datagen, standalone
-from custseg.cli import run_all
+from custseg import standalone
 from custseg.spark import delta_jars
-from tests.conftest import CONF, ROOT, make_config
+from tests.conftest import CONF, DEMO_LAKE_SETTINGS, JVM_OPTIONS, ROOT
 
-CUSTOMERS = 300
-# Small and quick: fewer k, no stability refits, no experiment tracking.
-JOB_SETTINGS = (
-    f"demo.customers={CUSTOMERS}",
-    "segment.k_max=4",
-    "stability.seeds=[]",
-    "stability.bootstrap=0",
-    "mlflow.enabled=false",
-)
+# As the shared demo lake (conftest), which the cluster's labels must equal; no tracking.
+JOB_SETTINGS = (*DEMO_LAKE_SETTINGS, "mlflow.enabled=false")
 # The cluster side: tables under the run's folder, few partitions for tiny tables (Delta
 # rebuilds a table's state with 50 tasks by default), Spark's own logs at WARN.
 CLUSTER_SETTINGS = (
@@ -50,38 +42,10 @@ CLUSTER_SETTINGS = (
     "spark.shuffle_partitions=4",
     "spark.conf.spark.databricks.delta.snapshotPartitions=2",
 )
-# Short jobs on tiny data spend most of their CPU compiling (JIT): the C1 compiler alone
-# and the serial collector halve a job's CPU time here, without changing what it computes.
-JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 JOB_TIMEOUT = 900  # seconds: generous, the machine is shared
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-
-_DONE: dict[tuple[str, Path], Path] = {}
-
-
-def demo_data(spark: SparkSession, base: Path) -> Path:
-    """The demo sources under ``base``/raw (pos/, web/, truth/); generated once per session."""
-    if ("data", base) not in _DONE:
-        datagen.generate(spark, make_config(base, *JOB_SETTINGS).demo)
-        _DONE["data", base] = base / "raw"
-    return _DONE["data", base]
-
-
-def local_demo_run(spark: SparkSession, base: Path) -> Path:
-    """The lake of a local-mode run of the whole pipeline on ``demo_data``, in this process
-    (the session fixture: local[2], 2 shuffle partitions); once per session, for both modules."""
-    if ("lake", base) not in _DONE:
-        demo_data(spark, base)
-        run_all(spark, make_config(base, *JOB_SETTINGS), "local-run")
-        _DONE["lake", base] = base / "lake"
-    return _DONE["lake", base]
-
-
-def shared_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.getbasetemp() / "cluster-demo"
 
 
 def labels(spark: SparkSession, lake: Path) -> DataFrame:
@@ -184,16 +148,15 @@ def apps_on_workers(cluster: standalone.Cluster) -> list[set[str]]:
 # --------------------------------------------------------------------------- tests
 
 
-def test_cluster_run_labels_equal_local_run(spark, cluster, tmp_path_factory, tmp_path, submitted, report):
-    base = shared_base(tmp_path_factory)
-    raw = demo_data(spark, base)
+def test_cluster_run_labels_equal_local_run(spark, cluster, demo_raw, request, tmp_path, submitted, report):
     started = time.perf_counter()
-    job = submit(cluster.master_url, tmp_path / "run", raw, package(tmp_path / "dist"))
+    job = submit(cluster.master_url, tmp_path / "run", demo_raw, package(tmp_path / "dist"))
     submitted.append(job)
-    local_lake = local_demo_run(spark, base)  # meanwhile, the same pipeline in local mode
+    local_lake = request.getfixturevalue("demo_lake")  # meanwhile, the same pipeline in local mode
     assert job.wait() == 0, job.tail()
-    report.append(f"cluster: spark-submit of the whole pipeline ({CUSTOMERS} customers) took "
-                  f"{time.perf_counter() - started:.0f}s (a local-mode run in the test process alongside)")  # fmt: skip
+    elapsed = time.perf_counter() - started
+    report.append(f"cluster: spark-submit of the whole pipeline took {elapsed:.0f}s (beside it, the shared "
+                  "local-mode run in the test process)")  # fmt: skip
 
     assert "session ready (master spark://127.0.0.1:" in job.text()
     on_workers = apps_on_workers(cluster)

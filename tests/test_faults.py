@@ -1,6 +1,7 @@
 """Faults a cluster job must survive, on a real standalone cluster (see test_cluster.py):
 a worker lost mid-job, the driver killed inside a Delta write, and a master that is not
-there. The baseline tables come from the local-mode run that test_cluster.py also uses.
+there. The baseline tables come from the shared demo lake (conftest), which test_cluster.py
+also compares with.
 """
 
 from __future__ import annotations
@@ -22,22 +23,9 @@ from custseg import standalone
 from custseg.io import SLOW_WRITE_ENV
 from custseg.spark import MasterUnreachableError, check_master, get_spark
 from tests.conftest import make_config
-from tests.test_cluster import (
-    apps_on_workers,
-    demo_data,
-    labels,
-    local_demo_run,
-    package,
-    shared_base,
-    submit,
-)
+from tests.test_cluster import apps_on_workers, labels, package, submit
 
 FEATURES = "customer_features"
-
-
-@pytest.fixture(scope="module")
-def local_lake(spark, tmp_path_factory) -> Path:
-    return local_demo_run(spark, shared_base(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +79,10 @@ def test_get_spark_with_unreachable_configured_master_raises_naming_it(tmp_path)
     assert time.monotonic() - started < 10
 
 
-def test_spark_submit_to_unreachable_master_exits_2_fast_with_one_line(spark, tmp_path_factory, tmp_path, zip_path,
-                                                                       submitted, report):  # fmt: skip
+def test_spark_submit_to_unreachable_master_exits_2_fast_with_one_line(demo_raw, tmp_path, zip_path, submitted, report):
     master = f"spark://127.0.0.1:{closed_port()}"
-    raw = demo_data(spark, shared_base(tmp_path_factory))
     started = time.monotonic()
-    job = submit(master, tmp_path / "run", raw, zip_path)
+    job = submit(master, tmp_path / "run", demo_raw, zip_path)
     submitted.append(job)
     assert job.wait(timeout=120) == 2, job.tail()
     elapsed = time.monotonic() - started
@@ -112,12 +98,11 @@ def test_spark_submit_to_unreachable_master_exits_2_fast_with_one_line(spark, tm
 
 
 def test_driver_killed_during_delta_write_leaves_previous_version_and_rerun_adds_no_duplicates(
-    spark, cluster, local_lake, zip_path, tmp_path, submitted, report
+    spark, cluster, demo_raw, demo_lake, zip_path, tmp_path, submitted, report
 ):
-    raw = local_lake.parent / "raw"  # local_lake's sources
     run_dir = tmp_path / "run"
     for table in ("transactions", FEATURES):  # what the features job reads and writes
-        shutil.copytree(local_lake / table, run_dir / "lake" / table)
+        shutil.copytree(demo_lake / table, run_dir / "lake" / table)
     table = run_dir / "lake" / FEATURES
     before = DeltaTable.forPath(spark, str(table))
     version = before.history(1).first()["version"]
@@ -127,7 +112,7 @@ def test_driver_killed_during_delta_write_leaves_previous_version_and_rerun_adds
     # The features job's write of its table waits in its first task (io.py's test hook)
     # while the others write their files (4 partitions: AQE may not merge them into one);
     # the driver is killed once a new data file is complete: data written, nothing committed.
-    job = submit(cluster.master_url, run_dir, raw, zip_path, job="features.py",
+    job = submit(cluster.master_url, run_dir, demo_raw, zip_path, job="features.py",
                  settings=["spark.conf.spark.sql.adaptive.coalescePartitions.enabled=false"],
                  env={SLOW_WRITE_ENV: f"{FEATURES}:300"})  # fmt: skip
     submitted.append(job)
@@ -142,7 +127,7 @@ def test_driver_killed_during_delta_write_leaves_previous_version_and_rerun_adds
     assert_df_equality(after.toDF(), rows, ignore_row_order=True)
     assert not orphans & table_files(spark, table)
 
-    rerun = submit(cluster.master_url, run_dir, raw, zip_path, job="features.py")
+    rerun = submit(cluster.master_url, run_dir, demo_raw, zip_path, job="features.py")
     submitted.append(rerun)
     assert rerun.wait() == 0, rerun.tail()
     rerun_table = DeltaTable.forPath(spark, str(table))
@@ -156,15 +141,14 @@ def test_driver_killed_during_delta_write_leaves_previous_version_and_rerun_adds
 
 
 def test_worker_killed_mid_job_job_finishes_with_same_labels(
-    spark, cluster, local_lake, zip_path, tmp_path, submitted, report
+    spark, cluster, demo_raw, demo_lake, zip_path, tmp_path, submitted, report
 ):
     """Last in this module: the cluster has one worker left afterwards."""
-    raw = local_lake.parent / "raw"  # local_lake's sources
     run_dir = tmp_path / "run"
-    shutil.copytree(local_lake / FEATURES, run_dir / "lake" / FEATURES)  # the segment job's input, and no model yet
+    shutil.copytree(demo_lake / FEATURES, run_dir / "lake" / FEATURES)  # the segment job's input, and no model yet
     apps_before = apps_on_workers(cluster)[1]
     started = time.perf_counter()
-    job = submit(cluster.master_url, run_dir, raw, zip_path, job="segment.py")
+    job = submit(cluster.master_url, run_dir, demo_raw, zip_path, job="segment.py")
     submitted.append(job)
     # Once the k sweep is under way (its first k logged), the executors hold the cached
     # model input: losing one loses cached blocks, shuffle output and running tasks.
@@ -177,4 +161,4 @@ def test_worker_killed_mid_job_job_finishes_with_same_labels(
 
     assert "Lost executor" in job.text() and cluster.alive_workers() == 1
     assert apps_on_workers(cluster)[1] - apps_before, "the killed worker ran no executor for the job"
-    assert_df_equality(labels(spark, run_dir / "lake"), labels(spark, local_lake), ignore_row_order=True)
+    assert_df_equality(labels(spark, run_dir / "lake"), labels(spark, demo_lake), ignore_row_order=True)

@@ -17,8 +17,8 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 from sklearn.metrics import silhouette_samples as sklearn_silhouette_samples
 
-from custseg import datagen, features, ingest, io, model, profiles, report
-from tests.conftest import make_config
+from custseg import io, model, report
+from tests.conftest import DEMO_RUN_ID
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LABELLED = "customer_id STRING, segment_id INT, rfm_segment STRING"
@@ -265,19 +265,9 @@ def test_write_puts_the_page_beside_its_plots_and_removes_a_skipped_plots_old_pn
 
 
 @pytest.fixture(scope="module")
-def lake(spark, tmp_path_factory):
-    """A 300-customer demo lake built by the real jobs, and its report."""
-    tmp = tmp_path_factory.mktemp("report")
-    cfg = make_config(
-        tmp, "demo.customers=300", "segment.k_max=4", "stability.seeds=[]", "stability.bootstrap=0",
-        f"report.dir={tmp / 'reports'}",
-    )  # fmt: skip
-    datagen.generate(spark, cfg.demo)
-    ingest.run(spark, cfg, "report-run")
-    features.run(spark, cfg)
-    model.run(spark, cfg, "report-run")
-    profiles.run(spark, cfg)
-    return cfg, report.run(spark, cfg)
+def lake(spark, demo_config, demo_lake):
+    """The shared 300-customer demo lake (conftest), and its report rendered anew."""
+    return demo_config, report.run(spark, demo_config)
 
 
 def table(spark, cfg, name: str):
@@ -286,8 +276,8 @@ def table(spark, cfg, name: str):
 
 def test_run_writes_a_valid_png_per_plot(lake):
     cfg, result = lake
-    folder = Path(cfg.report.dir) / "report-run"
-    assert result.path == str(folder / "report.html") and result.run_id == "report-run"
+    folder = Path(cfg.report.dir) / DEMO_RUN_ID
+    assert result.path == str(folder / "report.html") and result.run_id == DEMO_RUN_ID
     assert set(result.plots) == {"k_sweep", "silhouette", "pca", "tsne", "feature_heatmap", "segment_sizes"}
     for name, path in result.plots.items():
         data = Path(path).read_bytes()
@@ -309,7 +299,7 @@ def test_run_html_numbers_match_the_delta_tables(spark, lake):
     sweep = table(spark, cfg, cfg.tables.k_sweep).collect()  # 3 rows: k = 2..4
     chosen = next(r["k"] for r in sweep if r["chosen"])
     header = dict(Tables(page).tables["run"])
-    assert header["Run"] == "report-run" and header["k"] == str(chosen)
+    assert header["Run"] == DEMO_RUN_ID and header["k"] == str(chosen)
     assert header["k chosen by"].startswith("silhouette: ")
     assert {r["k"]: r["WCSS"] for r in records(page, "k-sweep")} == {str(r["k"]): f"{r['wcss']:,.2f}" for r in sweep}
     assert [r["k"] for r in records(page, "k-sweep") if r["Chosen"] == "✔"] == [str(chosen)]
@@ -393,7 +383,7 @@ def test_run_report_opens_in_chromium_with_every_plot_drawn(lake):
         finally:
             browser.close()
     assert errors == []
-    assert title == "Customer segments: run report-run"
+    assert title == f"Customer segments: run {DEMO_RUN_ID}"
     assert sorted(image["id"] for image in images) == sorted(f"plot-{name}" for name in result.plots)
     for image in images:  # decoded by the browser, and drawn at a readable width inside the page
         assert image["loaded"] and image["width"] >= 600 and image["height"] >= 300, image
