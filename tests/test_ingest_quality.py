@@ -147,6 +147,26 @@ def test_data_profile_per_source_and_all(spark):
     assert_approx_df_equality(profile, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_data_profile_counts_a_customer_of_two_sources_once_in_all(spark):
+    schema = (
+        "source STRING, customer_id STRING, product_id STRING, quantity DOUBLE, unit_price DOUBLE, amount DOUBLE, "
+        "event_ts TIMESTAMP, txn_type STRING, is_extreme BOOLEAN, reason STRING, is_duplicate BOOLEAN"
+    )
+    t1 = dt.datetime(2024, 1, 1)
+    rows = [
+        ("pos", "a", "p", 1.0, 10.0, 10.0, t1, "purchase", False, None, False),
+        ("web", "a", "p", 1.0, 10.0, 10.0, t1, "purchase", False, None, False),  # a buys in both
+        ("web", "b", "p", 1.0, 10.0, 10.0, t1, "purchase", False, None, False),
+        ("web", "c", "p", 1.0, 10.0, 10.0, t1, "purchase", False, "bad_quantity", False),  # quarantined
+        ("app", None, "p", 1.0, 10.0, 10.0, t1, "purchase", False, "missing_customer_id", False),
+    ]
+    profile = ingest.data_profile(spark.createDataFrame(rows, schema)).select("source", "distinct_customers")
+    expected = spark.createDataFrame(
+        [("pos", 1), ("web", 2), ("app", 0), ("ALL", 2)], "source STRING, distinct_customers LONG"
+    )
+    assert_df_equality(profile, expected, ignore_row_order=True, ignore_nullable=True)
+
+
 def test_ingest_parquet_and_delta_sources(spark, tmp_path):
     base = make_config(tmp_path)
     pos = base.sources[0]
