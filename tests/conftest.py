@@ -32,7 +32,9 @@ TEST_SETTINGS = [
 # Short jobs on tiny data spend most of their CPU compiling (JIT): the C1 compiler alone
 # and the serial collector cut a job's CPU time by a third or more here, without changing
 # what it computes. For every JVM the suite starts: this session's and the jobs' it submits.
-JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# C1 alone shrinks the default code cache to 48 MB, which a Connect server or a long
+# session fills ("Out of space in CodeCache for adapters"): the reserved size goes back up.
+JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:ReservedCodeCacheSize=256m"
 
 # The shared demo lake: 300 customers, k from 2 to 4, no stability refits (the tests that
 # run the pipeline another way use these same settings, so their labels must be equal).
