@@ -4,8 +4,8 @@ built by ``custseg.spark.get_spark``.
 Consolidation is ``ingest.run`` and RFM is ``features.run``, as the jobs call them. The
 segment job (``model.run``) does scaling and PCA, the k sweep, the final fit and the
 label write in one call, so they are timed here by calling, in the same order, the
-functions ``model.fit`` and ``model.run`` call (``prepare``, ``finish`` and
-``write_labels`` below mirror them; keep them in step with lib/custseg/model.py).
+functions ``model.fit`` and ``model.run`` call: ``model.prepare``, ``model.sweep``,
+``model.finish``, then the records and ``model.save_labels``.
 The stability refits and mlflow are off (conf/bench.yaml): they are not stages of
 issue 6.
 
@@ -25,11 +25,9 @@ import logging
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -38,7 +36,6 @@ from benchmarks import common
 from custseg import columns as c
 from custseg import features, history, ingest, io, model
 from custseg.config import Config, load_config
-from custseg.evaluate import SweepPoint, choose_k
 from custseg.spark import get_spark
 
 RUN_ID = "bench"
@@ -81,83 +78,27 @@ def bench_config(raw: Path, work: Path, overrides: Sequence[str]) -> Config:
     return dataclasses.replace(cfg, sources=tuple(dataclasses.replace(s, path=str(raw)) for s in cfg.sources))
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """The fitted preprocessing and the persisted model input vectors (see model.fit)."""
-
-    features: DataFrame
-    as_of: dt.date
-    prep: PipelineModel
-    stages: list
-    vectors: DataFrame
-    customers: int
-    caps: dict[str, float]
-    explained_variance: list[float]
-
-
-def prepare(spark: SparkSession, cfg: Config) -> Prepared:
-    """Read the features, fit caps, scaler and PCA, and persist the vectors the k sweep
-    iterates over: model.fit up to its sweep."""
-    seg = cfg.segment
-    feats, as_of = model.read_features(spark, cfg)
-    inputs = model.fit_inputs(feats, cfg)
-    numeric = model.numeric_features(cfg)
-    caps = model.quantile_caps(inputs, numeric, cfg.features.cap_quantile)
-    prep = model.preprocessing(seg, cfg.features.log1p, caps, model.categorical_features(cfg)).fit(inputs)
-    prepared = prep.transform(inputs)
-    pca = model.principal_components(prepared, seg, len(prep.stages[-1].std))
-    in_cols = [model.input_column(f) for f in numeric]
-    vectors = (
-        (pca.transform(prepared) if pca else prepared)
-        .select(c.CUSTOMER_ID, *in_cols, model.VECTOR)
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
-    customers = vectors.count()
-    return Prepared(
-        feats, as_of, prep, [*prep.stages, *([pca] if pca else [])], vectors, customers, caps,
-        [float(v) for v in pca.explainedVariance] if pca else [],
-    )  # fmt: skip
-
-
-def finish(
-    spark: SparkSession, cfg: Config, prepared: Prepared, points: list[SweepPoint], models: dict
+def final_fit(
+    spark: SparkSession, cfg: Config, feats: DataFrame, as_of: dt.date, prepared: model.Prepared, swept
 ) -> tuple[PipelineModel, model.SegmentResult]:
-    """Choose k, number the segments, save the PipelineModel and record the sweep and the
-    model: model.fit after its sweep, and model.run up to the labels."""
-    seg = cfg.segment
-    numeric = model.numeric_features(cfg)
-    k = seg.k or choose_k(points, seg.selection, seg.silhouette_tolerance)
-    value = prepared.features.select(c.CUSTOMER_ID, F.col(seg.value_feature).alias("_value"))
-    clustered = models[k].transform(prepared.vectors).join(value, on=c.CUSTOMER_ID, how="inner")
-    stats = model.cluster_stats(clustered, numeric, "_value")
-    prepared.vectors.unpersist()
-    scale = list(prepared.prep.stages[-1].std)[: len(numeric)]
-    mapping = model.segment_ids(stats, k, None, scale)  # a fresh lake: no previous model to match
-    fitted = PipelineModel(stages=[*prepared.stages, models[k], model.relabel(mapping)])
-    version = f"{seg.algorithm}-k{k}-{RUN_ID}"
-    path = io.resolve(seg.model_dir, version)
-    fitted.write().overwrite().save(path)
-    result = model.SegmentResult(
-        k=k, sweep=points, model_version=version, model_path=path, customers=prepared.customers,
-        caps=prepared.caps, explained_variance=prepared.explained_variance,
-        centres={mapping[s.cluster]: s.centre for s in stats},
-    )  # fmt: skip
+    """Choose k, number the segments and save the model (``model.finish``), then record
+    the sweep and the model, as ``model.run`` does before any label is written."""
+    try:
+        fitted, result = model.finish(feats, cfg, prepared, swept, RUN_ID)  # a fresh lake: no model to match
+    finally:
+        prepared.vectors.unpersist()
     fitted_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    io.append(
-        model.sweep_frame(spark, result, cfg, RUN_ID, prepared.as_of), io.table_ref(cfg.storage, cfg.tables.k_sweep)
-    )
-    record = model.model_record(
-        spark, result, cfg, RUN_ID, prepared.as_of, fitted_at, model.data_range(prepared.features)
-    )
+    io.append(model.sweep_frame(spark, result, cfg, RUN_ID, as_of), io.table_ref(cfg.storage, cfg.tables.k_sweep))
+    record = model.model_record(spark, result, cfg, RUN_ID, as_of, fitted_at, model.data_range(feats))
     io.append(record, io.table_ref(cfg.storage, cfg.tables.models))
     return fitted, result
 
 
 def write_labels(
-    spark: SparkSession, cfg: Config, fitted: PipelineModel, prepared: Prepared, k: int, version: str
+    spark: SparkSession, cfg: Config, fitted: PipelineModel, feats: DataFrame, k: int, version: str
 ) -> history.HistoryChange:
     """Label every customer and write the labels, their history and migrations."""
-    labels = model.label(fitted, prepared.features, cfg, version, k, RUN_ID)
+    labels = model.label(fitted, feats, cfg, version, k, RUN_ID)
     return model.save_labels(spark, labels, cfg, RUN_ID)
 
 
@@ -198,18 +139,19 @@ def run(rec: common.Recorder, raw: Path, work: Path, transactions: int, override
         with rec.stage("rfm", rows=transactions):
             as_of = features.run(spark, cfg)
         with rec.stage("scale_pca") as stage:
-            prepared = prepare(spark, cfg)
+            feats, _ = model.read_features(spark, cfg)
+            prepared = model.prepare(feats, cfg)
             stage["rows"] = prepared.customers
         with rec.stage("k_sweep", rows=prepared.customers):
-            points, models = model.sweep(prepared.vectors.select(c.CUSTOMER_ID, model.VECTOR), cfg.segment)
+            swept = model.sweep(prepared.vectors.select(c.CUSTOMER_ID, model.VECTOR), cfg.segment)
         with rec.stage("final_fit", rows=prepared.customers):
-            fitted, result = finish(spark, cfg, prepared, points, models)
+            fitted, result = final_fit(spark, cfg, feats, as_of, prepared, swept)
         with rec.stage("write_labels", rows=prepared.customers):
-            write_labels(spark, cfg, fitted, prepared, result.k, result.model_version)
+            write_labels(spark, cfg, fitted, feats, result.k, result.model_version)
     rec.set("ingest", [dataclasses.asdict(s) for s in ingested.counts])
     rec.set("as_of_date", str(as_of))
     rec.set("k", result.k)
-    rec.set("sweep", [dataclasses.asdict(p) for p in points])
+    rec.set("sweep", [dataclasses.asdict(p) for p in result.sweep])
     with rec.stage("rfm_core", rows=transactions, kind=common.DIAGNOSTIC):
         rfm_core(spark, cfg, as_of, work / "rfm_core.parquet")
     rec.set("checks", checks(spark, cfg))

@@ -342,6 +342,91 @@ def fit_inputs(features: DataFrame, cfg: Config) -> DataFrame:
     )
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The fitted preprocessing and the model input vectors it gives, persisted for the
+    k sweep: ``fit`` up to the sweep. Whoever prepares unpersists ``vectors``."""
+
+    stages: list  # the fitted preprocessing stages, then PCA when used
+    scale: list[float]  # the scaler's standard deviations, numeric features first
+    vectors: DataFrame  # customer_id, the numeric model inputs, vector
+    customers: int
+    caps: dict[str, float]
+    explained_variance: list[float]
+
+
+def prepare(features: DataFrame, cfg: Config) -> Prepared:
+    """Fit caps, the scaler and PCA once, and persist the vectors the sweep iterates over."""
+    seg = cfg.segment
+    inputs = fit_inputs(features, cfg)
+    numeric = numeric_features(cfg)
+    caps = quantile_caps(inputs, numeric, cfg.features.cap_quantile)
+    prep = preprocessing(seg, cfg.features.log1p, caps, categorical_features(cfg)).fit(inputs)
+    scaler = prep.stages[-1]
+    prepared = prep.transform(inputs)
+    pca = principal_components(prepared, seg, len(scaler.std))
+    in_cols = [input_column(f) for f in numeric]
+    # KMeans iterates over its input many times per k: materialise the vectors once.
+    vectors = (
+        (pca.transform(prepared) if pca else prepared)
+        .select(c.CUSTOMER_ID, *in_cols, VECTOR)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    customers = vectors.count()
+    if customers < seg.k_min:
+        vectors.unpersist()
+        raise ValueError(f"only {customers} customers have every model feature; at least {seg.k_min} needed")
+    return Prepared(
+        stages=[*prep.stages, *([pca] if pca else [])],
+        scale=list(scaler.std),
+        vectors=vectors,
+        customers=customers,
+        caps=caps,
+        explained_variance=[float(v) for v in pca.explainedVariance] if pca else [],
+    )
+
+
+def finish(
+    features: DataFrame,
+    cfg: Config,
+    prepared: Prepared,
+    sweep_result: tuple[list[SweepPoint], dict[int, Model]],
+    run_id: str,
+    previous: PreviousModel | None = None,
+) -> tuple[PipelineModel, SegmentResult]:
+    """Choose k from the sweep, number the segments (matching ``previous`` when given)
+    and save the final PipelineModel: ``fit`` after the sweep."""
+    seg = cfg.segment
+    points, models = sweep_result
+    numeric = numeric_features(cfg)
+    k = seg.k or choose_k(points, seg.selection, seg.silhouette_tolerance)
+    value = features.select(c.CUSTOMER_ID, F.col(seg.value_feature).alias("_value"))
+    clustered = models[k].transform(prepared.vectors).join(value, on=c.CUSTOMER_ID, how="inner")
+    stats = cluster_stats(clustered, numeric, "_value")
+    usable = previous if previous and previous.comparable(seg.features, cfg.features.log1p, len(numeric)) else None
+    if previous and not usable:
+        log.warning("segment ids: model %s was fitted on other features or transforms; numbering by value instead",
+                    previous.version)  # fmt: skip
+    mapping = segment_ids(stats, k, usable.centres if usable else None, prepared.scale[: len(numeric)])
+    model = PipelineModel(stages=[*prepared.stages, models[k], relabel(mapping)])
+    version = f"{seg.algorithm}-k{k}-{run_id}"
+    path = io.resolve(seg.model_dir, version)
+    model.write().overwrite().save(path)
+    log.info("chose k=%d by %s; segment ids %s%s; model saved to %s", k, "config" if seg.k else seg.selection,
+             mapping, f" (matched to {usable.version})" if usable else "", path)  # fmt: skip
+    return model, SegmentResult(
+        k=k,
+        sweep=points,
+        model_version=version,
+        model_path=path,
+        customers=prepared.customers,
+        caps=prepared.caps,
+        explained_variance=prepared.explained_variance,
+        centres={mapping[s.cluster]: s.centre for s in stats},
+        matched_to=usable.version if usable else None,
+    )
+
+
 def fit(
     spark: SparkSession,
     features: DataFrame,
@@ -351,61 +436,12 @@ def fit(
 ) -> tuple[PipelineModel, SegmentResult]:
     """Fit the preprocessing once, sweep k, choose, number the segments (matching
     ``previous`` when given) and save the final PipelineModel."""
-    seg = cfg.segment
-    inputs = fit_inputs(features, cfg)
-    numeric = numeric_features(cfg)
-    caps = quantile_caps(inputs, numeric, cfg.features.cap_quantile)
-    prep = preprocessing(seg, cfg.features.log1p, caps, categorical_features(cfg)).fit(inputs)
-    scaler = prep.stages[-1]
-    prepared = prep.transform(inputs)
-    pca = principal_components(prepared, seg, len(scaler.std))
-    stages = [*prep.stages, *([pca] if pca else [])]
-    in_cols = [input_column(f) for f in numeric]
-    # KMeans iterates over its input many times per k: materialise the vectors once.
-    vectors = (
-        (pca.transform(prepared) if pca else prepared)
-        .select(c.CUSTOMER_ID, *in_cols, VECTOR)
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
+    prepared = prepare(features, cfg)
     try:
-        customers = vectors.count()
-        if customers < seg.k_min:
-            raise ValueError(f"only {customers} customers have every model feature; at least {seg.k_min} needed")
-        points, models = sweep(vectors.select(c.CUSTOMER_ID, VECTOR), seg)
-        k = seg.k or choose_k(points, seg.selection, seg.silhouette_tolerance)
-        clustered = (
-            models[k]
-            .transform(vectors)
-            .join(
-                features.select(c.CUSTOMER_ID, F.col(seg.value_feature).alias("_value")), on=c.CUSTOMER_ID, how="inner"
-            )
-        )
-        stats = cluster_stats(clustered, numeric, "_value")
+        swept = sweep(prepared.vectors.select(c.CUSTOMER_ID, VECTOR), cfg.segment)
+        return finish(features, cfg, prepared, swept, run_id, previous)
     finally:
-        vectors.unpersist()
-    usable = previous if previous and previous.comparable(seg.features, cfg.features.log1p, len(numeric)) else None
-    if previous and not usable:
-        log.warning("segment ids: model %s was fitted on other features or transforms; numbering by value instead",
-                    previous.version)  # fmt: skip
-    mapping = segment_ids(stats, k, usable.centres if usable else None, list(scaler.std)[: len(numeric)])
-    model = PipelineModel(stages=[*stages, models[k], relabel(mapping)])
-    version = f"{seg.algorithm}-k{k}-{run_id}"
-    path = io.resolve(seg.model_dir, version)
-    model.write().overwrite().save(path)
-    log.info("chose k=%d by %s; segment ids %s%s; model saved to %s", k, "config" if seg.k else seg.selection,
-             mapping, f" (matched to {usable.version})" if usable else "", path)  # fmt: skip
-    centres = {mapping[s.cluster]: s.centre for s in stats}
-    return model, SegmentResult(
-        k=k,
-        sweep=points,
-        model_version=version,
-        model_path=path,
-        customers=customers,
-        caps=caps,
-        explained_variance=[float(v) for v in pca.explainedVariance] if pca else [],
-        centres=centres,
-        matched_to=usable.version if usable else None,
-    )
+        prepared.vectors.unpersist()
 
 
 def label(model: PipelineModel, features: DataFrame, cfg: Config, model_version: str, k: int, run_id: str) -> DataFrame:
