@@ -219,25 +219,43 @@ def canonicalize(
     def transform(df: DataFrame) -> DataFrame:
         rows = _exploded(df, src)
         raw, malformed = original_row(rows)
-        mapped = {name: mapped_text(expr, rows.columns) for name, expr in vars(src.columns).items()}
-
-        quantity = mapped["quantity"].try_cast("double")
-        stated_price = mapped["unit_price"].try_cast("double")
-        stated_amount = mapped["line_amount"].try_cast("double")
-        line_value = F.abs(F.coalesce(stated_amount, quantity * stated_price))
-        unit_price = F.coalesce(stated_price, F.abs(stated_amount / F.nullif(quantity, F.lit(0.0))))
-        event_ts = _parse_timestamp(mapped["event_ts"], src)
-
-        is_void = F.coalesce(F.expr(src.void_when), F.lit(False))
-        is_adjustment = F.coalesce(F.expr(src.non_product_when), F.lit(False))
-        is_return = (
-            F.coalesce(F.expr(src.return_when), F.lit(False))
-            | (quantity < 0)
-            | F.coalesce(stated_amount < 0, F.lit(False))
+        # In steps, each value computed once and named: a value used in several places
+        # (the quantity is in the type, the amount, the reason...) would otherwise be
+        # parsed again at each, and Spark keeps such steps apart rather than inline them.
+        mapped = rows.select(
+            *[mapped_text(expr, rows.columns).alias(f"_text_{name}") for name, expr in vars(src.columns).items()],
+            F.coalesce(F.expr(src.void_when), F.lit(False)).alias("_is_void"),
+            F.coalesce(F.expr(src.non_product_when), F.lit(False)).alias("_is_adjustment"),
+            F.coalesce(F.expr(src.return_when), F.lit(False)).alias("_return_when"),
+            raw.alias(RAW),
+            malformed.alias("_malformed"),
+            F.col(SOURCE_FILE),
         )
-        txn_type = (
-            F.when(is_void, c.VOID).when(is_adjustment, c.ADJUSTMENT).when(is_return, c.RETURN).otherwise(c.PURCHASE)
+
+        def text(name: str) -> Column:
+            return F.col(f"_text_{name}")
+
+        parsed = mapped.select(
+            "*",
+            text("quantity").try_cast("double").alias("_quantity"),
+            text("unit_price").try_cast("double").alias("_stated_price"),
+            text("line_amount").try_cast("double").alias("_stated_amount"),
+            _parse_timestamp(text("event_ts"), src).alias("_event_ts"),
         )
+        quantity, stated_price, stated_amount = F.col("_quantity"), F.col("_stated_price"), F.col("_stated_amount")
+        is_return = F.col("_return_when") | (quantity < 0) | F.coalesce(stated_amount < 0, F.lit(False))
+        typed = parsed.select(
+            "*",
+            F.abs(F.coalesce(stated_amount, quantity * stated_price)).alias("_line_value"),
+            F.coalesce(stated_price, F.abs(stated_amount / F.nullif(quantity, F.lit(0.0)))).alias("_unit_price"),
+            F.when(F.col("_is_void"), c.VOID)
+            .when(F.col("_is_adjustment"), c.ADJUSTMENT)
+            .when(is_return, c.RETURN)
+            .otherwise(c.PURCHASE)
+            .alias("_txn_type"),
+        )
+        line_value, unit_price, txn_type = F.col("_line_value"), F.col("_unit_price"), F.col("_txn_type")
+        event_ts = F.col("_event_ts")
         amount = (
             F.when(txn_type == c.PURCHASE, line_value)
             .when(txn_type == c.RETURN, -line_value)
@@ -245,14 +263,15 @@ def canonicalize(
             .otherwise(F.lit(0.0))
         )
         unparseable = {
-            BAD_QUANTITY: "quantity", BAD_UNIT_PRICE: "unit_price", BAD_LINE_AMOUNT: "line_amount",
+            BAD_QUANTITY: ("quantity", quantity), BAD_UNIT_PRICE: ("unit_price", stated_price),
+            BAD_LINE_AMOUNT: ("line_amount", stated_amount),
         }  # fmt: skip
-        reason = F.when(malformed, MALFORMED_ROW).when(raw.contains(REPLACEMENT_CHAR), INVALID_ENCODING)
-        reason = reason.when(mapped["customer_id"].isNull(), MISSING_CUSTOMER_ID)
-        reason = reason.when(mapped["invoice_id"].isNull(), MISSING_INVOICE_ID)
-        for code, name in unparseable.items():
-            parsed = mapped[name].try_cast("double")
-            reason = reason.when(mapped[name].isNotNull() & parsed.isNull(), code)
+        reason = F.when(F.col("_malformed"), MALFORMED_ROW)
+        reason = reason.when(F.col(RAW).contains(REPLACEMENT_CHAR), INVALID_ENCODING)
+        reason = reason.when(text("customer_id").isNull(), MISSING_CUSTOMER_ID)
+        reason = reason.when(text("invoice_id").isNull(), MISSING_INVOICE_ID)
+        for code, (name, value) in unparseable.items():
+            reason = reason.when(text(name).isNotNull() & value.isNull(), code)
         reason = (
             reason.when(quantity.isNull(), BAD_QUANTITY)
             .when(unit_price.isNull() & stated_amount.isNull(), BAD_UNIT_PRICE)
@@ -265,22 +284,22 @@ def canonicalize(
         if quarantine_future:
             reason = reason.when(event_ts > F.lit(now), FUTURE_TIMESTAMP)
 
-        return rows.select(
-            F.sha2(F.concat_ws("\u0001", F.lit(src.name), raw), 256).alias(CONTENT_ID),
+        return typed.select(
+            F.sha2(F.concat_ws("\u0001", F.lit(src.name), F.col(RAW)), 256).alias(CONTENT_ID),
             F.lit(src.name).alias(c.SOURCE),
-            mapped["customer_id"].alias(c.CUSTOMER_ID),
-            mapped["invoice_id"].alias(c.INVOICE_ID),
-            mapped["line_id"].alias(c.LINE_ID),
-            mapped["product_id"].alias(c.PRODUCT_ID),
+            text("customer_id").alias(c.CUSTOMER_ID),
+            text("invoice_id").alias(c.INVOICE_ID),
+            text("line_id").alias(c.LINE_ID),
+            text("product_id").alias(c.PRODUCT_ID),
             F.when(txn_type == c.RETURN, -F.abs(quantity)).otherwise(quantity).alias(c.QUANTITY),
             F.round(unit_price, 4).alias(c.UNIT_PRICE),
             F.round(amount, 2).alias(c.AMOUNT),
             event_ts.alias(c.EVENT_TS),
-            mapped["store"].alias(c.STORE),
+            text("store").alias(c.STORE),
             F.lit(src.channel or src.name).alias(c.CHANNEL),
             txn_type.alias(c.TXN_TYPE),
             F.col(SOURCE_FILE),
-            raw.alias(RAW),
+            F.col(RAW),
             reason.alias(REASON),
         )
 
