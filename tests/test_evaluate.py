@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 
 from custseg.evaluate import SweepPoint, adjusted_rand_index, choose_k, cluster_indices, elbow_k, silhouette_k
@@ -67,3 +70,45 @@ def test_cluster_indices_match_scikit_learn(spark):
     assert got.wcss == pytest.approx(wcss, rel=1e-6)
     assert got.calinski_harabasz == pytest.approx(calinski_harabasz_score(x, labels), rel=1e-6)
     assert got.davies_bouldin == pytest.approx(davies_bouldin_score(x, labels), rel=1e-6)
+
+
+def _frame(spark, x, labels):
+    from pyspark.ml.functions import array_to_vector
+
+    return spark.createDataFrame(
+        [(int(label), [float(v) for v in row]) for row, label in zip(x, labels, strict=True)],
+        "cluster INT, x ARRAY<DOUBLE>",
+    ).select("cluster", array_to_vector("x").alias("features"))
+
+
+def test_cluster_indices_silhouette_matches_mllib_and_scikit_learn(spark):
+    from pyspark.ml.evaluation import ClusteringEvaluator
+    from sklearn.metrics import silhouette_score
+
+    x, labels = _points()
+    df = _frame(spark, x, labels)
+    mllib = ClusteringEvaluator(
+        featuresCol="features", predictionCol="cluster", metricName="silhouette", distanceMeasure="squaredEuclidean"
+    ).evaluate(df)
+    got = cluster_indices(df, "features", "cluster")
+    assert got.silhouette == pytest.approx(mllib, abs=1e-9)
+    assert got.silhouette == pytest.approx(silhouette_score(x, labels, metric="sqeuclidean"), abs=1e-9)
+
+
+def test_cluster_indices_silhouette_of_a_point_alone_is_zero_and_ids_may_have_gaps(spark):
+    """A cluster of one point counts 0 (as MLlib and scikit-learn); cluster ids need not
+    run 0..k-1 (a Gaussian mixture can leave a component empty)."""
+    from sklearn.metrics import silhouette_score
+
+    x, labels = _points()
+    labels = np.where(labels == 2, 5, labels)
+    labels[0] = 9  # alone
+    got = cluster_indices(_frame(spark, x, labels), "features", "cluster")
+    assert got.clusters == 4
+    assert got.silhouette == pytest.approx(silhouette_score(x, labels, metric="sqeuclidean"), abs=1e-9)
+
+
+def test_cluster_indices_silhouette_is_nan_for_one_cluster(spark):
+    x, _ = _points()
+    got = cluster_indices(_frame(spark, x, np.zeros(len(x), dtype=int)), "features", "cluster")
+    assert got.clusters == 1 and math.isnan(got.silhouette)

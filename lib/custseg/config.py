@@ -122,7 +122,9 @@ class SegmentConfig:
     silhouette_tolerance: float
     seed: int
     max_iter: int
-    fit_partitions: int  # the model input is laid out in this many partitions, so labels do not depend on the cluster
+    # The model input is laid out in this many partitions, so labels do not depend on the
+    # cluster; None: from the customer count (model.auto_fit_partitions).
+    fit_partitions: int | None
     model_dir: str
     pca_variance: float | None = None  # keep the fewest components explaining this share; None: pca_components
     value_feature: str = "monetary"  # segments are numbered by its mean, highest first
@@ -187,7 +189,7 @@ class Config:
         check(seg.k_min >= 2, "segment.k_min", "must be at least 2")
         check(seg.k_max >= seg.k_min, "segment.k_max", "must be at least segment.k_min")
         check(seg.k is None or seg.k >= 2, "segment.k", "must be at least 2")
-        check(seg.fit_partitions >= 1, "segment.fit_partitions", "must be at least 1")
+        check(seg.fit_partitions is None or seg.fit_partitions >= 1, "segment.fit_partitions", "must be at least 1")
         check(bool(seg.features), "segment.features", "must name at least one feature")
         known = [*MODEL_FEATURES, *self.attributes] if self.sources else list(self.attributes)
         unknown = sorted(set(seg.features) - set(known))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 
@@ -90,49 +90,92 @@ class ClusterIndices:
     calinski_harabasz: float  # between / within dispersion ratio: higher is better
     davies_bouldin: float  # mean worst-case similarity of a cluster to another: lower is better
     clusters: int = 0  # non-empty clusters (a Gaussian mixture can leave components empty)
+    silhouette: float = float("nan")  # mean squared-Euclidean silhouette, as MLlib's; nan below 2 clusters
 
 
 def cluster_indices(predictions: DataFrame, features_col: str, prediction_col: str) -> ClusterIndices:
-    """WCSS, Calinski-Harabasz and Davies-Bouldin, computed distributed in two passes
-    over ``predictions`` (neither index is in MLlib). The first pass sums each vector
-    component per cluster (centroids and sizes); the second sums each row's squared
-    distance and distance to its centroid. Only k x dim numbers reach the driver.
+    """WCSS, Calinski-Harabasz, Davies-Bouldin and the silhouette, computed distributed
+    in two passes over ``predictions`` (neither of the first three is in MLlib).
+
+    The first pass sums each vector component and its square per cluster (sizes,
+    centroids, mean squared norms). The second gives each row its squared distance to
+    its centroid and its mean squared distance to every cluster, from those sums, and
+    adds them up per cluster. Only k x dim numbers reach the driver, and they go back
+    into the second pass as literals: no join, no second shuffle.
+
     Definitions follow scikit-learn's ``calinski_harabasz_score`` and
-    ``davies_bouldin_score``, Euclidean distance."""
-    spark = predictions.sparkSession
+    ``davies_bouldin_score`` (Euclidean), and MLlib's ``ClusteringEvaluator`` for the
+    silhouette (squared Euclidean: a point's mean squared distance to the rest of its
+    cluster against the nearest other cluster's; 0 for a point alone in its cluster),
+    which it replaces in the sweep: it costs no passes of its own.
+    """
     rows = predictions.select(F.col(prediction_col).alias("_cluster"), vector_to_array(F.col(features_col)).alias("_x"))
     sums = (
         rows.select("_cluster", F.posexplode("_x").alias("_dim", "_v"))
         .groupBy("_cluster", "_dim")
-        .agg(F.sum("_v").alias("_sum"), F.count(F.lit(1)).alias("_n"))
+        .agg(F.sum("_v").alias("_sum"), F.sum(F.col("_v") * F.col("_v")).alias("_sq"), F.count(F.lit(1)).alias("_n"))
         .collect()
     )  # k x dim rows
     sizes: dict[int, int] = {}
     totals: dict[int, dict[int, float]] = {}
+    squares: dict[int, float] = {}
     for r in sums:
         sizes[r["_cluster"]] = r["_n"]
         totals.setdefault(r["_cluster"], {})[r["_dim"]] = r["_sum"]
+        squares[r["_cluster"]] = squares.get(r["_cluster"], 0.0) + r["_sq"]
     clusters = sorted(sizes)
     dim = 1 + max(d for t in totals.values() for d in t)
     centroids = {cl: [totals[cl][d] / sizes[cl] for d in range(dim)] for cl in clusters}
+    n = sum(sizes.values())
+    k = len(clusters)
 
-    centroid_rows = spark.createDataFrame(
-        [(cl, centroids[cl]) for cl in clusters], "_cluster INT, _centroid ARRAY<DOUBLE>"
-    )
-    squared = F.aggregate(
-        F.zip_with("_x", "_centroid", lambda a, b: (a - b) * (a - b)), F.lit(0.0), lambda acc, v: acc + v
+    x = [F.col("_x")[d] for d in range(dim)]
+    norm = sum(v * v for v in x)
+    cluster = F.col("_cluster")
+
+    def own(values: dict[int, Column]) -> Column:
+        """The value of the row's own cluster."""
+        chosen = F.lit(None).cast("double")
+        for cl in clusters:
+            chosen = F.when(cluster == cl, values[cl]).otherwise(chosen)
+        return chosen
+
+    # Mean squared distance from the row to the points of each cluster (itself included
+    # in its own), from the cluster's sums alone, as MLlib computes it.
+    to_cluster = {
+        cl: norm
+        - 2.0 * sum(v * F.lit(m) for v, m in zip(x, centroids[cl], strict=True))
+        + F.lit(squares[cl] / sizes[cl])
+        for cl in clusters
+    }
+    distances = rows.select(
+        "_cluster",
+        own({cl: sum((v - F.lit(m)) * (v - F.lit(m)) for v, m in zip(x, centroids[cl], strict=True))
+             for cl in clusters}).alias("_e"),
+        *[to_cluster[cl].alias(f"_d{cl}") for cl in clusters],
+    )  # fmt: skip
+    size = own({cl: F.lit(sizes[cl]) for cl in clusters})
+    # try_divide: ANSI mode fails a division by zero even in a branch that is not taken
+    a = F.try_divide(own({cl: F.col(f"_d{cl}") for cl in clusters}) * size, size - 1)
+    b = F.least(*[F.when(cluster != cl, F.col(f"_d{cl}")) for cl in clusters]) if k > 1 else F.lit(None)
+    point_silhouette = (
+        F.when(size == 1, F.lit(0.0))
+        .when(a < b, 1 - F.try_divide(a, b))
+        .when(a > b, F.try_divide(b, a) - 1)
+        .otherwise(F.lit(0.0))
     )
     spread = {
-        r["_cluster"]: (r["_w"], r["_s"])
-        for r in rows.join(F.broadcast(centroid_rows), on="_cluster", how="inner")
-        .groupBy("_cluster")
-        .agg(F.sum(squared).alias("_w"), F.avg(F.sqrt(squared)).alias("_s"))
+        r["_cluster"]: r
+        for r in distances.groupBy("_cluster")
+        .agg(
+            F.sum("_e").alias("_w"),
+            F.avg(F.sqrt("_e")).alias("_s"),
+            F.sum(point_silhouette).alias("_silhouette"),
+        )
         .collect()
     }  # k rows
 
-    n = sum(sizes.values())
-    k = len(clusters)
-    wcss = sum(spread[cl][0] for cl in clusters)
+    wcss = sum(spread[cl]["_w"] for cl in clusters)
     mean = [sum(sizes[cl] * centroids[cl][d] for cl in clusters) / n for d in range(dim)]
 
     def dist2(a: Sequence[float], b: Sequence[float]) -> float:
@@ -141,9 +184,13 @@ def cluster_indices(predictions: DataFrame, features_col: str, prediction_col: s
     between = sum(sizes[cl] * dist2(centroids[cl], mean) for cl in clusters)
     undefined = k < 2 or n <= k  # scikit-learn refuses these; the sweep never asks
     ch = float("nan") if undefined else 1.0 if wcss == 0 else between * (n - k) / (wcss * (k - 1))
-
+    davies_bouldin = _davies_bouldin(centroids, {cl: (spread[cl]["_w"], spread[cl]["_s"]) for cl in clusters})
     return ClusterIndices(
-        wcss=wcss, calinski_harabasz=ch, davies_bouldin=_davies_bouldin(centroids, spread), clusters=k
+        wcss=wcss,
+        calinski_harabasz=ch,
+        davies_bouldin=davies_bouldin,
+        clusters=k,
+        silhouette=sum(spread[cl]["_silhouette"] for cl in clusters) / n if k >= 2 else float("nan"),
     )
 
 
