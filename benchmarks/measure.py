@@ -28,6 +28,7 @@ HEARTBEAT_SECONDS = 60.0  # a long run logs the tree's memory this often
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
+PF_FORKNOEXEC = 0x40  # proc(5) flags: forked but has not called exec
 
 
 @dataclass
@@ -50,17 +51,17 @@ class Outcome:
         return max(inside) if inside else None
 
 
-def _stat(pid: int) -> tuple[int, int, str] | None:
-    """(parent pid, user + system clock ticks, command name) of a process, or None if it
-    is gone. The command may hold spaces and parentheses, so fields are split after the
-    last ')'."""
+def _stat(pid: int) -> tuple[int, int, str, int, int] | None:
+    """(parent pid, user + system clock ticks, command name, kernel flags, virtual size)
+    of a process, or None if it is gone. The command may hold spaces and parentheses, so
+    fields are split after the last ')'."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     comm = text[text.index("(") + 1 : text.rindex(")")]
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), int(fields[11]) + int(fields[12]), comm
+    fields = text[text.rindex(")") + 2 :].split()  # fields[i] is field i + 3 of proc(5)
+    return int(fields[1]), int(fields[11]) + int(fields[12]), comm, int(fields[6]), int(fields[20])
 
 
 def _rss(pid: int) -> int:
@@ -70,20 +71,38 @@ def _rss(pid: int) -> int:
         return 0
 
 
-def process_tree(root: int) -> dict[int, tuple[int, str]]:
-    """Every live process descended from ``root`` (and root): pid -> (CPU ticks, command)."""
+def all_stats() -> dict[int, tuple[int, int, str, int, int]]:
+    """``_stat`` of every live process."""
     stats = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             found = _stat(int(entry.name))
             if found is not None:
                 stats[int(entry.name)] = found
+    return stats
+
+
+def process_tree(
+    root: int, stats: dict[int, tuple[int, int, str, int, int]] | None = None
+) -> dict[int, tuple[int, str, bool]]:
+    """Every live process descended from ``root`` (and root): pid -> (CPU ticks, command,
+    whether it is a not-yet-exec'd copy of its parent's address space).
+
+    The JVM starts a command (Hadoop's local file system runs chmod, ls...) through
+    posix_spawn: for a moment the child shares the parent's memory (CLONE_VM) under the
+    name of the parent's thread, and its resident set is the whole JVM's. Counted, it
+    doubled a 10 GiB driver at one sample and tripped the memory cap. Such a child, and a
+    fresh fork that has not diverged yet, is flagged: PF_FORKNOEXEC and its parent's
+    virtual size."""
+    stats = all_stats() if stats is None else stats
     tree, frontier = {}, [root]
     while frontier:
         pid = frontier.pop()
         if pid in stats and pid not in tree:
-            tree[pid] = (stats[pid][1], stats[pid][2])
-            frontier.extend(child for child, (parent, _, _) in stats.items() if parent == pid)
+            parent, ticks, command, flags, vsize = stats[pid]
+            copy = pid != root and bool(flags & PF_FORKNOEXEC) and parent in stats and stats[parent][4] == vsize
+            tree[pid] = (ticks, command, copy)
+            frontier.extend(child for child, found in stats.items() if found[0] == pid)
     return tree
 
 
@@ -115,8 +134,8 @@ class _Sampler(threading.Thread):
     def sample(self) -> None:
         tree = process_tree(self.proc.pid)
         total = 0
-        for pid, (ticks, command) in tree.items():
-            rss = _rss(pid)
+        for pid, (ticks, command, copy) in tree.items():
+            rss = 0 if copy else _rss(pid)
             total += rss
             self.cpu_ticks[pid] = ticks
             by_command = self.outcome.peak_rss_by_command

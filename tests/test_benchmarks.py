@@ -137,3 +137,24 @@ def test_measure_records_a_tool_over_its_memory_cap_as_out_of_memory(tmp_path: P
     assert outcome.wall_seconds < 30
     status = final_status({"current_stage": "rfm", "status": "running"}, outcome, 200 << 20)
     assert status.startswith("OOM: ") and status.endswith("during rfm")
+
+
+def test_process_tree_flags_a_child_that_still_shares_its_parents_memory():
+    """The JVM's posix_spawn child, before its exec, has the JVM's whole address space
+    under a thread's name: counting its resident set would count the JVM twice."""
+    java, spawned, chmod, forked = 100, 101, 102, 103
+    stats = {
+        1: (0, 5, "init", 0, 1_000),
+        java: (1, 900, "java", 0, 12 << 30),
+        spawned: (java, 0, "Thread-4", measure.PF_FORKNOEXEC, 12 << 30),  # same size, not exec'd
+        chmod: (java, 1, "chmod", 0, 6 << 20),  # exec'd: its own memory
+        forked: (java, 2, "python", measure.PF_FORKNOEXEC, 1 << 30),  # forked and diverged
+    }
+    tree = measure.process_tree(java, stats)
+    assert tree == {
+        java: (900, "java", False),
+        spawned: (0, "Thread-4", True),
+        chmod: (1, "chmod", False),
+        forked: (2, "python", False),
+    }
+    assert measure.process_tree(spawned, stats) == {spawned: (0, "Thread-4", False)}  # a root always counts
