@@ -169,6 +169,20 @@ def test_same_seed_gives_same_labels_whatever_the_input_partitioning(spark, tmp_
     assert_df_equality(first, second, ignore_row_order=True)
 
 
+def test_auto_fit_partitions_is_two_up_to_a_million_customers_then_one_per_500k():
+    assert [model.auto_fit_partitions(n) for n in (0, 300, 1_000_000, 1_000_001, 5_000_000)] == [2, 2, 2, 3, 10]
+
+
+def test_fit_inputs_use_configured_partitions_else_the_customer_count(spark, tmp_path):
+    feats = spark.range(300).selectExpr(
+        "CAST(id AS STRING) AS customer_id", "1 AS recency_days", "2L AS frequency", "3D AS monetary",
+        "4D AS avg_order_value",
+    )  # fmt: skip
+    auto = model.fit_inputs(feats, make_config(tmp_path))
+    fixed = model.fit_inputs(feats, make_config(tmp_path, "segment.fit_partitions=5"))
+    assert (auto.rdd.getNumPartitions(), fixed.rdd.getNumPartitions()) == (2, 5)
+
+
 def noisy_blobs(spark):
     """90 customers in three groups with realistic spread (a mixture needs variance)."""
     centres = "array(array(5D, 30D, 3000D, 100D), array(100D, 8D, 800D, 100D), array(300D, 1D, 20D, 20D))"

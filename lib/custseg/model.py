@@ -334,8 +334,8 @@ def auto_fit_partitions(customers: int) -> int:
 def fit_inputs(features: DataFrame, cfg: Config) -> DataFrame:
     """The model inputs laid out the same way whatever the cluster: k-means|| samples
     per partition, so the same seed gives the same labels only on the same layout.
-    Without ``segment.fit_partitions`` the layout counts ``features`` (for a Delta table,
-    from its log)."""
+    Without ``segment.fit_partitions`` the layout depends on how many rows ``features``
+    has (one count)."""
     seg = cfg.segment
     partitions = seg.fit_partitions or auto_fit_partitions(features.count())
     return (
