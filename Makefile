@@ -31,8 +31,11 @@ $(JARS): $(STAMP) deps/pom.xml deps/fetch_jars.py
 demo: setup
 	$(VENV)/bin/custseg demo
 
+# Two workers (pytest-xdist); the tests of the shared demo lake stay on one of them, so it
+# is built once. PYTEST_ARGS= runs in one process.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 test: setup browser
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Chromium for the test that opens the report in a real browser: Debian's package, installed
 # once where apt-get runs as root (CI); elsewhere a note, and that one test is skipped.

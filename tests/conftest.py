@@ -96,10 +96,37 @@ def demo_lake(spark: SparkSession, demo_config: Config, demo_raw: Path) -> Path:
     return Path(demo_config.storage.root)
 
 
+class _Measured:
+    """Lines a test wants shown in the run's summary. They travel on the test's report,
+    so that they reach the summary from an xdist worker too."""
+
+    def __init__(self, node: pytest.Item) -> None:
+        self.node = node
+
+    def append(self, line: str) -> None:
+        self.node.user_properties.append(("measured", line))
+
+
 @pytest.fixture
-def report() -> list[str]:
+def report(request: pytest.FixtureRequest) -> _Measured:
     """Lines a test wants shown in the run's summary (e.g. measured scores)."""
-    return _RESULTS
+    return _Measured(request.node)
+
+
+# The tests that read or compare with the shared demo lake run on one xdist worker, so
+# the lake is built once (with ``--dist loadgroup``; without xdist the mark does nothing).
+DEMO_LAKE_MODULES = ("test_cluster", "test_connect", "test_faults", "test_report")
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in DEMO_LAKE_MODULES:
+            item.add_marker(pytest.mark.xdist_group("demo_lake"))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _RESULTS.extend(value for key, value in report.user_properties if key == "measured")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
