@@ -152,3 +152,30 @@ def test_ingest_rerun_after_crash_part_way_completes_without_duplicates(spark, t
     assert [(s.accepted, s.inserted, s.quarantined) for s in counts] == [(3, 0, 2), (2, 0, 0)]
     run_log = io.read(spark, io.table_ref(cfg.storage, cfg.tables.run_log))
     assert_df_equality(run_log.select("run_id").distinct(), spark.createDataFrame([("run-2",)], "run_id STRING"))
+
+
+def test_ingest_fails_when_a_load_read_fewer_rows_than_were_meant_for_it(spark, tmp_path, monkeypatch):
+    cfg = make_config(tmp_path)
+    write_sources(tmp_path / "raw")
+    real_insert_new = io.insert_new
+
+    def loses_a_row(*args, **kwargs):
+        loaded = real_insert_new(*args, **kwargs)
+        return dataclasses.replace(loaded, source_rows=loaded.source_rows - 1)
+
+    monkeypatch.setattr(io, "insert_new", loses_a_row)
+    with pytest.raises(ingest.ReconciliationError, match=r"accepted 5, loaded into .*transactions 4"):
+        ingest.run(spark, cfg, "run-1", now=NOW)
+
+
+def test_ingest_keeps_the_original_row_of_quarantined_rows_only(spark, tmp_path):
+    cfg = make_config(tmp_path)
+    write_sources(tmp_path / "raw")
+    ingest.run(spark, cfg, "run-1", now=NOW)
+    quarantine = io.read(spark, io.table_ref(cfg.storage, cfg.tables.quarantine))
+    expected = spark.createDataFrame(
+        [("missing_customer_id", "G1"), ("unparseable_quantity", "P2")], "reason STRING, receipt_no STRING"
+    )
+    actual = quarantine.selectExpr("reason", "from_json(raw, 'receipt_no STRING').receipt_no AS receipt_no")
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    assert "raw" not in io.read(spark, io.table_ref(cfg.storage, cfg.tables.transactions)).columns

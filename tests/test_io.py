@@ -31,6 +31,22 @@ def test_insert_new_is_idempotent_on_keys(spark, tmp_path):
     assert_df_equality(io.read(spark, ref), expected, ignore_row_order=True)
 
 
+def test_insert_new_reports_what_its_commit_read_and_inserted(spark, tmp_path):
+    ref = io.table_ref(StorageConfig(mode="path", root=str(tmp_path), database=None), "t")
+    created = io.insert_new(spark, spark.createDataFrame([(1, "a"), (2, "b")], SCHEMA), ref, ["id"])
+    merged = io.insert_new(spark, spark.createDataFrame([(2, "b"), (3, "c"), (4, "d")], SCHEMA), ref, ["id"])
+    # Nothing new: Delta commits nothing, so there is no commit of this load's to read.
+    unchanged = io.insert_new(spark, spark.createDataFrame([(3, "c")], SCHEMA), ref, ["id"])
+    assert (created, merged, unchanged) == (io.Loaded(2, 2), io.Loaded(3, 2), None)
+
+
+def test_insert_new_sets_table_properties_when_it_creates_the_table(spark, tmp_path):
+    ref = io.table_ref(StorageConfig(mode="path", root=str(tmp_path), database=None), "t")
+    stats = {"delta.dataSkippingStatsColumns": "id"}
+    io.insert_new(spark, spark.createDataFrame([(1, "a")], SCHEMA), ref, ["id"], stats)
+    assert DeltaTable.forPath(spark, ref.path).detail().first()["properties"] == stats
+
+
 def test_table_ref_catalog_mode_uses_database_name():
     ref = io.table_ref(StorageConfig(mode="catalog", root="ignored", database="main.custseg"), "segment_labels")
     assert ref.identifier == "main.custseg.segment_labels" and ref.path is None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 
 from custseg.config import StorageConfig
 
@@ -112,8 +112,15 @@ def _slowed_for_tests(df: DataFrame, ref: TableRef) -> DataFrame:
     return df.where(f"monotonically_increasing_id() != 0 OR {wait}")
 
 
-def _save(df: DataFrame, ref: TableRef, mode: str, overwrite_schema: bool = False, merge_schema: bool = False) -> None:
-    writer = _slowed_for_tests(df, ref).write.format("delta").mode(mode)
+def _save(
+    df: DataFrame,
+    ref: TableRef,
+    mode: str,
+    overwrite_schema: bool = False,
+    merge_schema: bool = False,
+    properties: dict[str, str] | None = None,
+) -> None:
+    writer = _slowed_for_tests(df, ref).write.format("delta").mode(mode).options(**(properties or {}))
     if overwrite_schema:
         writer = writer.option("overwriteSchema", "true")
     if merge_schema:
@@ -135,20 +142,58 @@ def append(df: DataFrame, ref: TableRef) -> None:
     _save(df, ref, "append", merge_schema=True)
 
 
-def insert_new(spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str]) -> None:
+@dataclass(frozen=True)
+class Loaded:
+    """What one load's Delta commit says it did: the rows it read from its source and
+    the rows it added to the table (the others were there already)."""
+
+    source_rows: int
+    inserted: int
+
+
+# The operations a load commits as: a first path write, a first catalog write, a MERGE.
+_CREATES = ("WRITE", "CREATE TABLE AS SELECT", "CREATE OR REPLACE TABLE AS SELECT")
+
+
+def _last_commit(spark: SparkSession, ref: TableRef) -> Row:
+    history = spark.sql(f"DESCRIBE HISTORY {sql_name(ref)} LIMIT 1")
+    return history.select("version", "operation", "operationMetrics").first()
+
+
+def _loaded(commit: Row, operations: Sequence[str], source_key: str, inserted_key: str) -> Loaded | None:
+    """The load's counts from its commit's metrics; None when the newest commit is not
+    the load's (another writer's came after it) or its metrics are off."""
+    metrics = commit["operationMetrics"] or {}
+    if commit["operation"] not in operations or source_key not in metrics or inserted_key not in metrics:
+        return None
+    return Loaded(source_rows=int(metrics[source_key]), inserted=int(metrics[inserted_key]))
+
+
+def insert_new(
+    spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str], properties: dict[str, str] | None = None
+) -> Loaded | None:
     """Insert the rows whose ``keys`` the table does not hold yet (an idempotent load).
 
-    The first load creates the table; later loads MERGE, so rerunning the same input,
-    or resuming after a crash part-way, adds nothing twice. ``df`` must be unique on
-    ``keys``.
+    The first load creates the table, with the Delta table ``properties`` given; later
+    loads MERGE, so rerunning the same input, or resuming after a crash part-way, adds
+    nothing twice. ``df`` must be unique on ``keys``.
+
+    Returns the counts the load's commit records (no data is read for them), or None
+    when there is no commit of its own to read them from: it inserted nothing, or
+    another writer's commit came after it.
     """
     if not exists(spark, ref):
-        _save(df, ref, "error")  # "errorifexists" in classic Spark only; Connect's client knows "error"
-        return
+        _save(df, ref, "error", properties=properties)  # "errorifexists" is classic Spark's only; Connect knows "error"
+        return _loaded(_last_commit(spark, ref), _CREATES, "numOutputRows", "numOutputRows")
+    before = _last_commit(spark, ref)["version"]
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     # A table written by an older release gains the columns added since (older rows: null).
     merge(spark, df, ref, condition, ["WHEN NOT MATCHED THEN INSERT *"], schema_evolution=True)
     log.info("merged into %s on %s", ref, ", ".join(keys))
+    commit = _last_commit(spark, ref)
+    if commit["version"] == before:  # a MERGE that inserts nothing commits nothing, and so records nothing
+        return None
+    return _loaded(commit, ("MERGE",), "numSourceRows", "numTargetRowsInserted")
 
 
 def delete_matching(spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str]) -> None:
