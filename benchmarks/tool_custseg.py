@@ -86,7 +86,7 @@ def final_fit(
     try:
         fitted, result = model.finish(feats, cfg, prepared, swept, RUN_ID)  # a fresh lake: no model to match
     finally:
-        prepared.vectors.unpersist()
+        prepared.unpersist()
     fitted_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     io.append(model.sweep_frame(spark, result, cfg, RUN_ID, as_of), io.table_ref(cfg.storage, cfg.tables.k_sweep))
     record = model.model_record(spark, result, cfg, RUN_ID, as_of, fitted_at, model.data_range(feats))
@@ -143,7 +143,7 @@ def run(rec: common.Recorder, raw: Path, work: Path, transactions: int, override
             prepared = model.prepare(feats, cfg)
             stage["rows"] = prepared.customers
         with rec.stage("k_sweep", rows=prepared.customers):
-            swept = model.sweep(prepared.vectors.select(c.CUSTOMER_ID, model.VECTOR), cfg.segment)
+            swept = model.sweep(prepared.swept, cfg.segment)
         with rec.stage("final_fit", rows=prepared.customers):
             fitted, result = final_fit(spark, cfg, feats, as_of, prepared, swept)
         with rec.stage("write_labels", rows=prepared.customers):

@@ -52,6 +52,12 @@ def test_load_config_validates_ranges():
         load_config([BASE], ["segment.k_min=5", "segment.k_max=3"])
 
 
+def test_load_config_sweep_sample_needs_ten_customers_per_segment_of_k_max():
+    with pytest.raises(ConfigError, match=r"segment\.sweep_sample: must be at least 10 customers .* \(80\), or null"):
+        load_config([BASE], ["segment.k_max=8", "segment.sweep_sample=79"])
+    assert load_config([BASE], ["segment.k_max=8", "segment.sweep_sample=null"]).segment.sweep_sample is None
+
+
 def test_load_config_bad_source_mapping_names_its_file(tmp_path):
     source = write(
         tmp_path, "src.yaml", (CONF / "sources" / "demo_pos.yaml").read_text().replace("format: csv", "format: xlsx")

@@ -262,3 +262,42 @@ def test_stability_skips_the_production_seed_which_would_only_flatter_it(spark, 
     report = model.check_stability(spark, fitted, feats, labels, cfg, 3, "r1")
     assert [(r.kind, r.seed) for r in report.replicates] == [("seed", 5), ("bootstrap", 42)]
     assert report.min_ari > 0.9 and not report.unstable_segments
+
+
+def test_stratified_sample_takes_each_strata_share_whatever_the_layout(spark):
+    # 10 customers, a sample of 5: stratum A (6) keeps ceil(6 x 5 / 10) = 3, B (3) keeps
+    # ceil(1.5) = 2, the null stratum (1) keeps ceil(0.5) = 1.
+    rows = [(f"a{i}", "A") for i in range(6)] + [(f"b{i}", "B") for i in range(3)] + [("n0", None)]
+    df = spark.createDataFrame(rows, "customer_id STRING, stratum STRING")
+    sample = model.stratified_sample(5, 10, "stratum", seed=42)
+    picked = df.transform(sample)
+    expected = spark.createDataFrame([("A", 3), ("B", 2), (None, 1)], "stratum STRING, count LONG")
+    assert_df_equality(picked.groupBy("stratum").count(), expected, ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(df.repartition(3).transform(sample), picked, ignore_row_order=True)
+    assert picked.exceptAll(df).count() == 0  # rows of the input, as they were
+
+
+def test_fit_chooses_k_on_a_sample_then_fits_every_customer(spark, tmp_path):
+    cfg = make_config(tmp_path, "segment.k_max=4", "segment.sweep_sample=45")
+    feats = noisy_blobs(spark).withColumnRenamed("truth", model.SWEEP_STRATUM).cache()
+    fitted, result = model.fit(spark, feats, cfg, "r1")
+    labels = model.label(fitted, feats, cfg, result.model_version, result.k, "r1")
+    # three strata of 30: ceil(30 x 45 / 90) = 15 customers each
+    assert (result.sweep_customers, result.customers, result.k) == (45, 90, 3)
+    assert labels.where("segment_id BETWEEN 0 AND 2").count() == 90
+    by_truth = labels.join(feats, "customer_id", "inner").select(model.SWEEP_STRATUM, "segment_id").distinct()
+    expected = spark.createDataFrame([("hi", 0), ("mid", 1), ("lo", 2)], "rfm_segment STRING, segment_id INT")
+    assert_df_equality(by_truth, expected, ignore_row_order=True, ignore_nullable=True)
+    # the model's record has its indices over all 90; the sweep's rows say they came from 45
+    sample_point = next(p for p in result.sweep if p.k == 3)
+    assert result.chosen == result.final and result.final.wcss > sample_point.wcss
+    sweep = model.sweep_frame(spark, result, cfg, "r1", None).where("k = 3").select("customers", "wcss")
+    assert sweep.first() == (45, sample_point.wcss)
+    record = model.model_record(spark, result, cfg, "r1", None, None, (None, None)).select("customers", "wcss")
+    assert record.first() == (90, result.final.wcss)
+
+
+def test_fit_with_a_fixed_k_never_samples(spark, tmp_path):
+    cfg = make_config(tmp_path, "segment.k=3", "segment.sweep_sample=60")
+    _, result = model.fit(spark, noisy_blobs(spark), cfg, "r1")
+    assert (result.sweep_customers, result.customers, result.final) == (90, 90, None)

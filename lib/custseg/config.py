@@ -129,6 +129,9 @@ class SegmentConfig:
     pca_variance: float | None = None  # keep the fewest components explaining this share; None: pca_components
     value_feature: str = "monetary"  # segments are numbered by its mean, highest first
     score_model: str | None = None  # the model version the score job uses; None: the latest
+    # Above this many customers, k is chosen on a sample of about this size, stratified
+    # by RFM segment; the model of the chosen k is then fitted on every customer.
+    sweep_sample: int | None = None  # None: the sweep fits every customer
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,11 @@ class Config:
         check(seg.k_max >= seg.k_min, "segment.k_max", "must be at least segment.k_min")
         check(seg.k is None or seg.k >= 2, "segment.k", "must be at least 2")
         check(seg.fit_partitions is None or seg.fit_partitions >= 1, "segment.fit_partitions", "must be at least 1")
+        check(
+            seg.sweep_sample is None or seg.sweep_sample >= 10 * seg.k_max,
+            "segment.sweep_sample",
+            f"must be at least 10 customers per segment of k_max ({10 * seg.k_max}), or null",
+        )
         check(bool(seg.features), "segment.features", "must name at least one feature")
         known = [*MODEL_FEATURES, *self.attributes] if self.sources else list(self.attributes)
         unknown = sorted(set(seg.features) - set(known))

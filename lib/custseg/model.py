@@ -28,7 +28,7 @@ from pyspark.ml.feature import (
     StringIndexer,
     VectorAssembler,
 )
-from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
 from custseg import columns as c
@@ -48,8 +48,11 @@ FIT_PARTITION_CUSTOMERS = 500_000  # customers per partition of the model input,
 LABEL_COLUMNS = (c.CUSTOMER_ID, c.SEGMENT_ID, c.K, c.RUN_ID, c.AS_OF_DATE, c.MODEL_VERSION)
 SWEEP_SCHEMA = (
     "run_id STRING, as_of_date DATE, algorithm STRING, k INT, wcss DOUBLE, silhouette DOUBLE, "
-    "calinski_harabasz DOUBLE, davies_bouldin DOUBLE, chosen BOOLEAN, rule STRING, model_version STRING"
+    "calinski_harabasz DOUBLE, davies_bouldin DOUBLE, chosen BOOLEAN, rule STRING, model_version STRING, "
+    "customers LONG"
 )
+SWEEP_STRATUM = "rfm_segment"  # the features' named RFM segment (features.rfm_segments)
+HASH_STRATA = 16  # without RFM segments: strata of customers by hash, a uniform sample
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,13 @@ class SegmentResult:
     explained_variance: list[float] = field(default_factory=list)  # per kept principal component
     centres: dict[int, list[float]] = field(default_factory=dict)  # segment id -> centre in model-input units
     matched_to: str | None = None  # the previous model whose segment ids were kept
+    sweep_customers: int = 0  # customers the k sweep fitted: all, or the stratified sample
+    final: SweepPoint | None = None  # the chosen model's indices on every customer
+
+    @property
+    def chosen(self) -> SweepPoint:
+        """The chosen model's indices, over every customer it was fitted on."""
+        return self.final or next(p for p in self.sweep if p.k == self.k)
 
 
 @dataclass(frozen=True)
@@ -222,6 +232,19 @@ def clusterer(cfg: SegmentConfig, k: int) -> Estimator:
     return KMeans(**common, initMode="k-means||")
 
 
+def scored(model: Model, vectors: DataFrame, k: int) -> SweepPoint:
+    """The fitted model's indices over ``vectors``: WCSS, silhouette (nan with fewer
+    than two non-empty clusters), Calinski-Harabasz and Davies-Bouldin."""
+    indices = cluster_indices(model.transform(vectors), VECTOR, PREDICTION)
+    return SweepPoint(
+        k=k,
+        wcss=indices.wcss,
+        silhouette=indices.silhouette,
+        calinski_harabasz=indices.calinski_harabasz,
+        davies_bouldin=indices.davies_bouldin,
+    )
+
+
 def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dict[int, Model]]:
     """Fit the clusterer for every k in [k_min, k_max] (or just the fixed k) and score
     each: WCSS, silhouette, Calinski-Harabasz and Davies-Bouldin (same definitions
@@ -231,15 +254,7 @@ def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dic
     steps = progress.Steps("k sweep", len(ks))
     for k in ks:
         model = clusterer(cfg, k).fit(vectors)
-        predictions = model.transform(vectors)
-        indices = cluster_indices(predictions, VECTOR, PREDICTION)
-        point = SweepPoint(
-            k=k,
-            wcss=indices.wcss,
-            silhouette=indices.silhouette,  # nan with fewer than two non-empty clusters
-            calinski_harabasz=indices.calinski_harabasz,
-            davies_bouldin=indices.davies_bouldin,
-        )
+        point = scored(model, vectors, k)
         points.append(point)
         models[k] = model
         steps.step(
@@ -331,18 +346,44 @@ def auto_fit_partitions(customers: int) -> int:
     return max(2, math.ceil(customers / FIT_PARTITION_CUSTOMERS))
 
 
-def fit_inputs(features: DataFrame, cfg: Config) -> DataFrame:
+def fit_inputs(features: DataFrame, cfg: Config, stratum: str | None = None) -> DataFrame:
     """The model inputs laid out the same way whatever the cluster: k-means|| samples
     per partition, so the same seed gives the same labels only on the same layout.
     Without ``segment.fit_partitions`` the layout depends on how many rows ``features``
-    has (one count)."""
+    has (one count). A ``stratum`` column of ``features`` comes along as it is."""
     seg = cfg.segment
     partitions = seg.fit_partitions or auto_fit_partitions(features.count())
-    return (
-        features.transform(model_inputs(seg.features, categorical_features(cfg)))
-        .repartition(partitions, c.CUSTOMER_ID)
-        .sortWithinPartitions(c.CUSTOMER_ID)
-    )
+    inputs = features.transform(model_inputs(seg.features, categorical_features(cfg)))
+    if stratum:
+        inputs = inputs.join(features.select(c.CUSTOMER_ID, stratum), on=c.CUSTOMER_ID, how="left")
+    return inputs.repartition(partitions, c.CUSTOMER_ID).sortWithinPartitions(c.CUSTOMER_ID)
+
+
+def stratified_sample(size: int, total: int, stratum: str, seed: int) -> Callable[[DataFrame], DataFrame]:
+    """About ``size`` of the ``total`` rows, each stratum in its share: from a stratum
+    of n rows, the ceil(n x size / total) whose seeded hash of customer_id is lowest
+    (ties by id). At most ``size`` plus one row per stratum; the same rows for the same
+    seed, whatever the layout.
+
+    Input columns: customer_id, ``stratum`` (null is a stratum of its own), any others.
+    Output columns: the input's.
+    """
+
+    def transform(df: DataFrame) -> DataFrame:
+        whole = Window.partitionBy(stratum).rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+        by_hash = (
+            Window.partitionBy(stratum)
+            .orderBy(F.xxhash64(F.lit(seed), c.CUSTOMER_ID), c.CUSTOMER_ID)
+            .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+        )
+        quota = F.ceil(F.count(F.lit(1)).over(whole) * F.lit(size) / F.lit(total))
+        return (
+            df.select("*", F.row_number().over(by_hash).alias("_rank"), quota.alias("_quota"))
+            .where(F.col("_rank") <= F.col("_quota"))
+            .select(*df.columns)
+        )
+
+    return transform
 
 
 @dataclass(frozen=True)
@@ -352,16 +393,32 @@ class Prepared:
 
     stages: list  # the fitted preprocessing stages, then PCA when used
     scale: list[float]  # the scaler's standard deviations, numeric features first
-    vectors: DataFrame  # customer_id, the numeric model inputs, vector
+    vectors: DataFrame  # customer_id, the numeric model inputs, vector (and the sample's stratum)
     customers: int
     caps: dict[str, float]
     explained_variance: list[float]
+    sweep_vectors: DataFrame | None = None  # customer_id, vector of the sweep's sample; None: every customer
+    sweep_customers: int = 0
+
+    @property
+    def swept(self) -> DataFrame:
+        """What the k sweep fits: the sample, or every customer."""
+        return (self.sweep_vectors if self.sweep_vectors is not None else self.vectors).select(c.CUSTOMER_ID, VECTOR)
+
+    def unpersist(self) -> None:
+        self.vectors.unpersist()
+        if self.sweep_vectors is not None:
+            self.sweep_vectors.unpersist()
 
 
 def prepare(features: DataFrame, cfg: Config) -> Prepared:
-    """Fit caps, the scaler and PCA once, and persist the vectors the sweep iterates over."""
+    """Fit caps, the scaler and PCA once, and persist the vectors the sweep iterates
+    over: every customer's, and above ``segment.sweep_sample`` customers also those of
+    the stratified sample the sweep fits. Whoever prepares calls ``unpersist``."""
     seg = cfg.segment
-    inputs = fit_inputs(features, cfg)
+    sampling = bool(seg.sweep_sample and not seg.k)  # a fixed k has nothing to choose
+    stratum = SWEEP_STRATUM if sampling and SWEEP_STRATUM in features.columns else None
+    inputs = fit_inputs(features, cfg, stratum)
     numeric = numeric_features(cfg)
     caps = quantile_caps(inputs, numeric, cfg.features.cap_quantile)
     prep = preprocessing(seg, cfg.features.log1p, caps, categorical_features(cfg)).fit(inputs)
@@ -372,13 +429,28 @@ def prepare(features: DataFrame, cfg: Config) -> Prepared:
     # KMeans iterates over its input many times per k: materialise the vectors once.
     vectors = (
         (pca.transform(prepared) if pca else prepared)
-        .select(c.CUSTOMER_ID, *in_cols, VECTOR)
+        .select(c.CUSTOMER_ID, *in_cols, VECTOR, *([stratum] if stratum else []))
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     customers = vectors.count()
     if customers < seg.k_min:
         vectors.unpersist()
         raise ValueError(f"only {customers} customers have every model feature; at least {seg.k_min} needed")
+    sample, sampled = None, customers
+    if sampling and customers > seg.sweep_sample:
+        strata = (
+            vectors
+            if stratum
+            else vectors.withColumn(SWEEP_STRATUM, F.pmod(F.xxhash64(c.CUSTOMER_ID), F.lit(HASH_STRATA)))
+        )
+        sample = (
+            strata.transform(stratified_sample(seg.sweep_sample, customers, stratum or SWEEP_STRATUM, seg.seed))
+            .select(c.CUSTOMER_ID, VECTOR)
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        sampled = sample.count()
+        log.info("k sweep on a sample of %d of %d customers, stratified by %s", sampled, customers,
+                 stratum or f"{HASH_STRATA} hash buckets")  # fmt: skip
     return Prepared(
         stages=[*prep.stages, *([pca] if pca else [])],
         scale=list(scaler.std),
@@ -386,6 +458,8 @@ def prepare(features: DataFrame, cfg: Config) -> Prepared:
         customers=customers,
         caps=caps,
         explained_variance=[float(v) for v in pca.explainedVariance] if pca else [],
+        sweep_vectors=sample,
+        sweep_customers=sampled,
     )
 
 
@@ -403,15 +477,22 @@ def finish(
     points, models = sweep_result
     numeric = numeric_features(cfg)
     k = seg.k or choose_k(points, seg.selection, seg.silhouette_tolerance)
+    clusters, final = models[k], None
+    if prepared.sweep_vectors is not None:  # k was chosen on a sample: the model is fitted on everyone
+        everyone = prepared.vectors.select(c.CUSTOMER_ID, VECTOR)
+        clusters = clusterer(seg, k).fit(everyone)
+        final = scored(clusters, everyone, k)
+        log.info("k=%d fitted on all %d customers: wcss=%.2f silhouette=%.4f (sample: %.4f)", k, prepared.customers,
+                 final.wcss, final.silhouette, next(p.silhouette for p in points if p.k == k))  # fmt: skip
     value = features.select(c.CUSTOMER_ID, F.col(seg.value_feature).alias("_value"))
-    clustered = models[k].transform(prepared.vectors).join(value, on=c.CUSTOMER_ID, how="inner")
+    clustered = clusters.transform(prepared.vectors).join(value, on=c.CUSTOMER_ID, how="inner")
     stats = cluster_stats(clustered, numeric, "_value")
     usable = previous if previous and previous.comparable(seg.features, cfg.features.log1p, len(numeric)) else None
     if previous and not usable:
         log.warning("segment ids: model %s was fitted on other features or transforms; numbering by value instead",
                     previous.version)  # fmt: skip
     mapping = segment_ids(stats, k, usable.centres if usable else None, prepared.scale[: len(numeric)])
-    model = PipelineModel(stages=[*prepared.stages, models[k], relabel(mapping)])
+    model = PipelineModel(stages=[*prepared.stages, clusters, relabel(mapping)])
     version = f"{seg.algorithm}-k{k}-{run_id}"
     path = io.resolve(seg.model_dir, version)
     model.write().overwrite().save(path)
@@ -427,6 +508,8 @@ def finish(
         explained_variance=prepared.explained_variance,
         centres={mapping[s.cluster]: s.centre for s in stats},
         matched_to=usable.version if usable else None,
+        sweep_customers=prepared.sweep_customers,
+        final=final,
     )
 
 
@@ -441,10 +524,10 @@ def fit(
     ``previous`` when given) and save the final PipelineModel."""
     prepared = prepare(features, cfg)
     try:
-        swept = sweep(prepared.vectors.select(c.CUSTOMER_ID, VECTOR), cfg.segment)
+        swept = sweep(prepared.swept, cfg.segment)
         return finish(features, cfg, prepared, swept, run_id, previous)
     finally:
-        prepared.vectors.unpersist()
+        prepared.unpersist()
 
 
 def label(model: PipelineModel, features: DataFrame, cfg: Config, model_version: str, k: int, run_id: str) -> DataFrame:
@@ -474,7 +557,7 @@ def sweep_frame(spark: SparkSession, result: SegmentResult, cfg: Config, run_id:
     rule = "config" if cfg.segment.k else cfg.segment.selection
     rows = [
         (run_id, as_of, cfg.segment.algorithm, p.k, p.wcss, p.silhouette, p.calinski_harabasz, p.davies_bouldin,
-         p.k == result.k, rule, result.model_version)
+         p.k == result.k, rule, result.model_version, result.sweep_customers or result.customers)
         for p in result.sweep
     ]  # fmt: skip
     return spark.createDataFrame(rows, SWEEP_SCHEMA)
@@ -495,7 +578,7 @@ def model_record(
 ) -> DataFrame:
     """One row describing a fitted model: what it was fitted on, how, and how well;
     the centres let the next retrain keep its segment ids."""
-    chosen = next(p for p in result.sweep if p.k == result.k)
+    chosen = result.chosen
     seg = cfg.segment
     row = (
         run_id, result.model_version, result.model_path, seg.algorithm, as_of, fitted_at, result.k,

@@ -72,7 +72,7 @@ def segment_params(cfg: Config, result: Any, as_of: dt.date) -> dict[str, str]:
 
 def segment_metrics(result: Any, stability: Any | None) -> tuple[dict[str, float], list[tuple[str, float, int]]]:
     """The chosen model's metrics, and every k of the sweep as (name, value, step=k)."""
-    chosen = next(p for p in result.sweep if p.k == result.k)
+    chosen = result.chosen
     metric_names = ("wcss", "silhouette", "calinski_harabasz", "davies_bouldin")
     final = {name: getattr(chosen, name) for name in metric_names}
     if result.explained_variance:
