@@ -339,10 +339,22 @@ def sweep_table(result: dict[str, Any]) -> str:
     metrics = ["WCSS", "silhouette", "CH", "DB"]
     header = ["k", *[f"custseg {m}" for m in metrics], *[f"scikit-learn {m}" for m in metrics]]
     rows = [[str(k), *cells(ours.get(k)), *cells(theirs.get(k))] for k in sorted(set(ours) | set(theirs))]
-    chosen = (f"Chosen k: custseg {result['tools'].get(CUSTSEG, {}).get('k', '–')}, scikit-learn "
+    custseg = result["tools"].get(CUSTSEG, {})
+    swept, customers = custseg.get("sweep_customers"), custseg.get("model_customers")
+    ours = (
+        f"ours on the k sweep's {swept:,} customers, a sample stratified by RFM segment (`segment.sweep_sample`)"
+        if swept and customers and swept < customers
+        else "ours on all"
+    )
+    chosen = (f"Chosen k: custseg {custseg.get('k', '–')}, scikit-learn "
               f"{result['tools'].get(PANDAS, {}).get('k', '–')} (the same rule: the smallest k within the "
               "silhouette tolerance of the best). Silhouette is squared-Euclidean for both, as Spark's; "
-              "scikit-learn's on a 20,000-customer sample, ours on all.")  # fmt: skip
+              f"scikit-learn's on a 20,000-customer sample, {ours}.")  # fmt: skip
+    final = custseg.get("final")
+    if final and swept and customers and swept < customers:
+        chosen += (f" The chosen k refitted on all {customers:,} customers: WCSS {final['wcss']:,.1f}, "
+                   f"silhouette {final['silhouette']:.4f}, CH {final['calinski_harabasz']:,.1f}, "
+                   f"DB {final['davies_bouldin']:.4f}.")  # fmt: skip
     return table(header, rows) + "\n\n" + chosen
 
 

@@ -152,6 +152,9 @@ def run(rec: common.Recorder, raw: Path, work: Path, transactions: int, override
     rec.set("as_of_date", str(as_of))
     rec.set("k", result.k)
     rec.set("sweep", [dataclasses.asdict(p) for p in result.sweep])
+    rec.set("sweep_customers", result.sweep_customers)
+    rec.set("model_customers", result.customers)
+    rec.set("final", dataclasses.asdict(result.chosen))
     with rec.stage("rfm_core", rows=transactions, kind=common.DIAGNOSTIC):
         rfm_core(spark, cfg, as_of, work / "rfm_core.parquet")
     rec.set("checks", checks(spark, cfg))
