@@ -4,6 +4,7 @@ import dataclasses
 import math
 
 from chispa import assert_approx_df_equality, assert_df_equality
+from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.ml.functions import vector_to_array
 
@@ -301,3 +302,16 @@ def test_fit_with_a_fixed_k_never_samples(spark, tmp_path):
     cfg = make_config(tmp_path, "segment.k=3", "segment.sweep_sample=60")
     _, result = model.fit(spark, noisy_blobs(spark), cfg, "r1")
     assert (result.sweep_customers, result.customers, result.final) == (90, 90, None)
+
+
+def test_prepared_vectors_reach_kmeans_uncached_so_it_persists_its_own(spark, tmp_path):
+    # KMeans persists its RDD of vectors only when its input is not a cached plan; on a
+    # cached one it converts the cached rows again at every iteration.
+    feats = noisy_blobs(spark).withColumnRenamed("truth", model.SWEEP_STRATUM)
+    for sample, swept in (("null", 90), ("60", 60)):
+        prepared = model.prepare(feats, make_config(tmp_path, "segment.k_max=4", f"segment.sweep_sample={sample}"))
+        try:
+            assert prepared.vectors.storageLevel.useMemory and prepared.sweep_customers == swept
+            assert (prepared.swept.storageLevel, prepared.everyone.storageLevel) == (StorageLevel.NONE,) * 2
+        finally:
+            prepared.unpersist()

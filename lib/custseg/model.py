@@ -393,17 +393,27 @@ class Prepared:
 
     stages: list  # the fitted preprocessing stages, then PCA when used
     scale: list[float]  # the scaler's standard deviations, numeric features first
-    vectors: DataFrame  # customer_id, the numeric model inputs, vector (and the sample's stratum)
+    vectors: DataFrame  # customer_id, every model input, vector (and the sample's stratum)
     customers: int
     caps: dict[str, float]
     explained_variance: list[float]
-    sweep_vectors: DataFrame | None = None  # customer_id, vector of the sweep's sample; None: every customer
+    sweep_vectors: DataFrame | None = None  # customer_id, vector, stratum of the sweep's sample; None: all
     sweep_customers: int = 0
 
     @property
     def swept(self) -> DataFrame:
-        """What the k sweep fits: the sample, or every customer."""
+        """What the k sweep fits: the sample, or every customer.
+
+        A projection of the persisted frame, never the persisted plan itself: MLlib's
+        KMeans persists its own RDD of vectors (with their norms) only when its input
+        is not cached, and otherwise converts the cached rows again at every iteration
+        (twice the sweep's time at 100,000 customers)."""
         return (self.sweep_vectors if self.sweep_vectors is not None else self.vectors).select(c.CUSTOMER_ID, VECTOR)
+
+    @property
+    def everyone(self) -> DataFrame:
+        """Every customer's vectors, for the final fit: a projection too."""
+        return self.vectors.select(c.CUSTOMER_ID, VECTOR)
 
     def unpersist(self) -> None:
         self.vectors.unpersist()
@@ -425,11 +435,10 @@ def prepare(features: DataFrame, cfg: Config) -> Prepared:
     scaler = prep.stages[-1]
     prepared = prep.transform(inputs)
     pca = principal_components(prepared, seg, len(scaler.std))
-    in_cols = [input_column(f) for f in numeric]
     # KMeans iterates over its input many times per k: materialise the vectors once.
     vectors = (
         (pca.transform(prepared) if pca else prepared)
-        .select(c.CUSTOMER_ID, *in_cols, VECTOR, *([stratum] if stratum else []))
+        .select(c.CUSTOMER_ID, *[input_column(f) for f in seg.features], VECTOR, *([stratum] if stratum else []))
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     customers = vectors.count()
@@ -445,7 +454,7 @@ def prepare(features: DataFrame, cfg: Config) -> Prepared:
         )
         sample = (
             strata.transform(stratified_sample(seg.sweep_sample, customers, stratum or SWEEP_STRATUM, seg.seed))
-            .select(c.CUSTOMER_ID, VECTOR)
+            .select(c.CUSTOMER_ID, VECTOR, stratum or SWEEP_STRATUM)  # more than ``swept`` selects (see there)
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         sampled = sample.count()
@@ -479,9 +488,8 @@ def finish(
     k = seg.k or choose_k(points, seg.selection, seg.silhouette_tolerance)
     clusters, final = models[k], None
     if prepared.sweep_vectors is not None:  # k was chosen on a sample: the model is fitted on everyone
-        everyone = prepared.vectors.select(c.CUSTOMER_ID, VECTOR)
-        clusters = clusterer(seg, k).fit(everyone)
-        final = scored(clusters, everyone, k)
+        clusters = clusterer(seg, k).fit(prepared.everyone)
+        final = scored(clusters, prepared.everyone, k)
         log.info("k=%d fitted on all %d customers: wcss=%.2f silhouette=%.4f (sample: %.4f)", k, prepared.customers,
                  final.wcss, final.silhouette, next(p.silhouette for p in points if p.k == k))  # fmt: skip
     value = features.select(c.CUSTOMER_ID, F.col(seg.value_feature).alias("_value"))
