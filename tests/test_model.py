@@ -315,3 +315,15 @@ def test_prepared_vectors_reach_kmeans_uncached_so_it_persists_its_own(spark, tm
             assert (prepared.swept.storageLevel, prepared.everyone.storageLevel) == (StorageLevel.NONE,) * 2
         finally:
             prepared.unpersist()
+
+
+def test_sweep_sample_is_laid_out_as_the_model_input(spark, tmp_path):
+    # The window that draws the sample leaves it in a partition per stratum (here, the
+    # two shuffle partitions); KMeans gets it hashed by customer like the full input.
+    feats = noisy_blobs(spark).withColumnRenamed("truth", model.SWEEP_STRATUM)
+    cfg = make_config(tmp_path, "segment.k_max=4", "segment.sweep_sample=60", "segment.fit_partitions=3")
+    prepared = model.prepare(feats, cfg)
+    try:
+        assert prepared.sweep_vectors.rdd.getNumPartitions() == 3
+    finally:
+        prepared.unpersist()

@@ -95,13 +95,15 @@ class PreviousModel:
         )
 
 
-def model_inputs(features: Sequence[str], categorical: Sequence[str] = ()) -> Callable[[DataFrame], DataFrame]:
+def model_inputs(
+    features: Sequence[str], categorical: Sequence[str] = (), keep: Sequence[str] = ()
+) -> Callable[[DataFrame], DataFrame]:
     """Customer features -> customer_id plus the model features, numeric ones as doubles
     and ``categorical`` ones as text; rows with any feature missing are left out (see
-    ``UNSEGMENTED``).
+    ``UNSEGMENTED``). The ``keep`` columns come along as they are.
 
-    Input columns: customer_id and every name in ``features``.
-    Output columns: customer_id, then ``features`` in order.
+    Input columns: customer_id and every name in ``features`` and ``keep``.
+    Output columns: customer_id, then ``features`` in order, then ``keep``.
     """
 
     def transform(df: DataFrame) -> DataFrame:
@@ -109,7 +111,7 @@ def model_inputs(features: Sequence[str], categorical: Sequence[str] = ()) -> Ca
         for f in features:
             complete = complete & F.col(f).isNotNull()
         typed = [F.col(f).cast("string" if f in categorical else "double").alias(f) for f in features]
-        return df.where(complete).select(c.CUSTOMER_ID, *typed)
+        return df.where(complete).select(c.CUSTOMER_ID, *typed, *keep)
 
     return transform
 
@@ -353,10 +355,11 @@ def fit_inputs(features: DataFrame, cfg: Config, stratum: str | None = None) -> 
     has (one count). A ``stratum`` column of ``features`` comes along as it is."""
     seg = cfg.segment
     partitions = seg.fit_partitions or auto_fit_partitions(features.count())
-    inputs = features.transform(model_inputs(seg.features, categorical_features(cfg)))
-    if stratum:
-        inputs = inputs.join(features.select(c.CUSTOMER_ID, stratum), on=c.CUSTOMER_ID, how="left")
-    return inputs.repartition(partitions, c.CUSTOMER_ID).sortWithinPartitions(c.CUSTOMER_ID)
+    return (
+        features.transform(model_inputs(seg.features, categorical_features(cfg), [stratum] if stratum else []))
+        .repartition(partitions, c.CUSTOMER_ID)
+        .sortWithinPartitions(c.CUSTOMER_ID)
+    )
 
 
 def stratified_sample(size: int, total: int, stratum: str, seed: int) -> Callable[[DataFrame], DataFrame]:
@@ -452,9 +455,13 @@ def prepare(features: DataFrame, cfg: Config) -> Prepared:
             if stratum
             else vectors.withColumn(SWEEP_STRATUM, F.pmod(F.xxhash64(c.CUSTOMER_ID), F.lit(HASH_STRATA)))
         )
+        # Laid out as the model input is (the window leaves it in a partition per
+        # stratum, and KMeans would wait on the largest at every iteration).
         sample = (
             strata.transform(stratified_sample(seg.sweep_sample, customers, stratum or SWEEP_STRATUM, seg.seed))
             .select(c.CUSTOMER_ID, VECTOR, stratum or SWEEP_STRATUM)  # more than ``swept`` selects (see there)
+            .repartition(seg.fit_partitions or auto_fit_partitions(seg.sweep_sample), c.CUSTOMER_ID)
+            .sortWithinPartitions(c.CUSTOMER_ID)
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         sampled = sample.count()
