@@ -299,11 +299,13 @@ def _check_stored(
     meant for it. Only when a commit cannot say (another writer's came after it) are
     the ids joined against the table, a pass over both."""
     (txn_ref, txn_loaded), (q_ref, q_loaded) = transactions, quarantine
-    ids = flagged.select(c.TXN_ID, c.SOURCE)
-    if txn_loaded is None or q_loaded is None:
-        return _check_stored_by_join(spark, counts, ids, txn_ref, q_ref, run_id)
     accepted = sum(s.accepted for s in counts.values())
     quarantined = sum(s.quarantined for s in counts.values())
+    # A load of no rows commits nothing, and there is nothing it could have missed.
+    txn_loaded = txn_loaded or (io.Loaded(0, 0) if accepted == 0 else None)
+    q_loaded = q_loaded or (io.Loaded(0, 0) if quarantined == 0 else None)
+    if txn_loaded is None or q_loaded is None:
+        return _check_stored_by_join(spark, counts, flagged.select(c.TXN_ID, c.SOURCE), txn_ref, q_ref, run_id)
     if txn_loaded.source_rows != accepted or q_loaded.source_rows != quarantined:
         raise ReconciliationError(
             f"rows missing from the loads: accepted {accepted}, loaded into {txn_ref} {txn_loaded.source_rows}; "
