@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
+from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
 
 from custseg import model
@@ -315,6 +317,26 @@ def test_prepared_vectors_reach_kmeans_uncached_so_it_persists_its_own(spark, tm
             assert (prepared.swept.storageLevel, prepared.everyone.storageLevel) == (StorageLevel.NONE,) * 2
         finally:
             prepared.unpersist()
+
+
+def test_sweep_fits_at_once_give_the_same_points_and_models_in_k_order(spark, tmp_path, caplog):
+    # Structureless data, so that any difference in seeding or input would show.
+    vectors = VectorAssembler(inputCols=["x", "y"], outputCol=model.VECTOR).transform(
+        spark.range(400).selectExpr("rand(1) AS x", "rand(2) AS y").repartition(2)
+    )
+    one = make_config(tmp_path, "segment.k_min=2", "segment.k_max=6", "segment.sweep_parallelism=1").segment
+    three = dataclasses.replace(one, sweep_parallelism=3)
+
+    points_one, models_one = model.sweep(vectors, one)
+    with caplog.at_level(logging.INFO, logger="custseg.progress"):
+        points_three, models_three = model.sweep(vectors, three)
+
+    assert [p.k for p in points_three] == [2, 3, 4, 5, 6]
+    assert points_three == points_one
+    for k, fitted in models_three.items():
+        assert [list(c) for c in fitted.clusterCenters()] == [list(c) for c in models_one[k].clusterCenters()]
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("k sweep ")]
+    assert [m.split(":")[0] for m in steps] == [f"k sweep {i}/5" for i in range(1, 6)]
 
 
 def test_sweep_sample_is_laid_out_as_the_model_input(spark, tmp_path):

@@ -132,6 +132,7 @@ class SegmentConfig:
     # Above this many customers, k is chosen on a sample of about this size, stratified
     # by RFM segment; the model of the chosen k is then fitted on every customer.
     sweep_sample: int | None = None  # None: the sweep fits every customer
+    sweep_parallelism: int = 1  # fits of the sweep that run at once, each from its own driver thread
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ class Config:
             "segment.sweep_sample",
             f"must be at least 10 customers per segment of k_max ({10 * seg.k_max}), or null",
         )
+        check(seg.sweep_parallelism >= 1, "segment.sweep_parallelism", "must be at least 1")
         check(bool(seg.features), "segment.features", "must name at least one feature")
         known = [*MODEL_FEATURES, *self.attributes] if self.sources else list(self.attributes)
         unknown = sorted(set(seg.features) - set(known))

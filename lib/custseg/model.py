@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
@@ -250,20 +251,30 @@ def scored(model: Model, vectors: DataFrame, k: int) -> SweepPoint:
 def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dict[int, Model]]:
     """Fit the clusterer for every k in [k_min, k_max] (or just the fixed k) and score
     each: WCSS, silhouette, Calinski-Harabasz and Davies-Bouldin (same definitions
-    for every algorithm)."""
+    for every algorithm).
+
+    ``cfg.sweep_parallelism`` fits run at once, each from its own driver thread, as
+    ``CrossValidator``'s ``parallelism`` does: an iteration of KMeans is a Spark job of a
+    few milliseconds of work and tens of scheduling, so one fit leaves the cores idle
+    between its jobs and another fit's jobs fill them. Each fit is seeded and reads the
+    same input, so its model does not depend on what runs beside it."""
     ks = [cfg.k] if cfg.k else list(range(cfg.k_min, cfg.k_max + 1))
-    points, models = [], {}
     steps = progress.Steps("k sweep", len(ks))
-    for k in ks:
+
+    def fit_and_score(k: int) -> tuple[SweepPoint, Model]:
         model = clusterer(cfg, k).fit(vectors)
-        point = scored(model, vectors, k)
-        points.append(point)
-        models[k] = model
-        steps.step(
-            f"k={k} wcss={point.wcss:.2f} silhouette={point.silhouette:.4f} "
-            f"calinski_harabasz={point.calinski_harabasz:.1f} davies_bouldin={point.davies_bouldin:.4f}"
-        )
-    return points, models
+        return scored(model, vectors, k), model
+
+    points, models = {}, {}
+    with ThreadPoolExecutor(max_workers=min(cfg.sweep_parallelism, len(ks)), thread_name_prefix="k-sweep") as pool:
+        for done in as_completed([pool.submit(fit_and_score, k) for k in ks]):
+            point, model = done.result()
+            points[point.k], models[point.k] = point, model
+            steps.step(
+                f"k={point.k} wcss={point.wcss:.2f} silhouette={point.silhouette:.4f} "
+                f"calinski_harabasz={point.calinski_harabasz:.1f} davies_bouldin={point.davies_bouldin:.4f}"
+            )
+    return [points[k] for k in ks], models
 
 
 @dataclass(frozen=True)
