@@ -6,7 +6,8 @@ another way of running it (a cluster, Spark Connect) or read its outputs (the re
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import fcntl
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -75,25 +76,46 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     session.stop()
 
 
+def shared_dir(factory: pytest.TempPathFactory) -> Path:
+    """The run's temp root that every xdist worker sees (each worker's own is inside it)."""
+    base = factory.getbasetemp()
+    return base.parent if base.name.startswith("popen-gw") else base
+
+
+def build_once(done: Path, build: Callable[[], None]) -> None:
+    """Run ``build`` unless it already ran in this test run: the first worker to take the
+    lock builds and leaves ``done``; the others wait for the lock, then find it. A build
+    that fails leaves no ``done``, so the next worker tries (and fails) on its own."""
+    with open(done.with_name(done.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            build()
+            done.touch()
+
+
 @pytest.fixture(scope="session")
 def demo_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    base = tmp_path_factory.mktemp("demo-lake")
+    base = shared_dir(tmp_path_factory) / "demo-lake"
+    base.mkdir(exist_ok=True)
     return make_config(base, *DEMO_LAKE_SETTINGS, f"report.dir={base / 'reports'}")
 
 
 @pytest.fixture(scope="session")
 def demo_raw(spark: SparkSession, demo_config: Config) -> Path:
-    """The demo sources (pos/, web/, truth/), generated once per session."""
-    datagen.generate(spark, demo_config.demo)
-    return Path(demo_config.demo.raw_dir)
+    """The demo sources (pos/, web/, truth/), generated once per test run (across workers)."""
+    raw = Path(demo_config.demo.raw_dir)
+    build_once(raw.with_name("raw.done"), lambda: datagen.generate(spark, demo_config.demo))
+    return raw
 
 
 @pytest.fixture(scope="session")
 def demo_lake(spark: SparkSession, demo_config: Config, demo_raw: Path) -> Path:
     """The lake of one run of the whole pipeline (ingest to report, run id ``DEMO_RUN_ID``)
-    on ``demo_raw``, in this process. Read-only for the tests: copy a table to change it."""
-    run_all(spark, demo_config, DEMO_RUN_ID)
-    return Path(demo_config.storage.root)
+    on ``demo_raw``, by whichever worker asks first. Read-only for the tests: copy a table
+    to change it."""
+    lake = Path(demo_config.storage.root)
+    build_once(lake.with_name("lake.done"), lambda: run_all(spark, demo_config, DEMO_RUN_ID))
+    return lake
 
 
 class _Measured:
@@ -111,17 +133,6 @@ class _Measured:
 def report(request: pytest.FixtureRequest) -> _Measured:
     """Lines a test wants shown in the run's summary (e.g. measured scores)."""
     return _Measured(request.node)
-
-
-# The tests that read or compare with the shared demo lake run on one xdist worker, so
-# the lake is built once (with ``--dist loadgroup``; without xdist the mark does nothing).
-DEMO_LAKE_MODULES = ("test_cluster", "test_connect", "test_faults", "test_report")
-
-
-def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001
-    for item in items:
-        if item.module.__name__.rpartition(".")[2] in DEMO_LAKE_MODULES:
-            item.add_marker(pytest.mark.xdist_group("demo_lake"))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
