@@ -31,11 +31,12 @@ $(JARS): $(STAMP) deps/pom.xml deps/fetch_jars.py
 demo: setup
 	$(VENV)/bin/custseg demo
 
-# Two workers (pytest-xdist), each test file on one of them, so a module's costly fixture
-# (a cluster, a run of the benchmark harness) is built once; the shared demo lake is built
-# once by whichever worker asks first. (Not --dist loadgroup: with pytest 9.2 xdist 3.8's
-# groups are silently ignored.) PYTEST_ARGS= runs in one process.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+# Two workers (pytest-xdist), tests handed out one by one as workers free up. What several
+# tests share (the demo lake, the benchmark harness run) is built once per run, by the
+# first worker that asks (tests/conftest.py: build_once). Not --dist loadgroup: with
+# pytest 9.2, xdist 3.8 ignores the groups. --dist loadfile kept the slow files together
+# (18:50 in one run). PYTEST_ARGS= runs in one process.
+PYTEST_ARGS ?= -n 2 --dist load
 test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
