@@ -31,12 +31,11 @@ $(JARS): $(STAMP) deps/pom.xml deps/fetch_jars.py
 demo: setup
 	$(VENV)/bin/custseg demo
 
-# Two workers (pytest-xdist), tests handed out one by one as workers free up. What several
-# tests share (the demo lake, the benchmark harness run) is built once per run, by the
-# first worker that asks (tests/conftest.py: build_once). Not --dist loadgroup: with
-# pytest 9.2, xdist 3.8 ignores the groups. --dist loadfile kept the slow files together
-# (18:50 in one run). PYTEST_ARGS= runs in one process.
-PYTEST_ARGS ?= -n 2 --dist load
+# Two workers (pytest-xdist), each test file on one of them. What several files share (the
+# demo lake, the benchmark harness run) is built once per run by the first worker that
+# asks (tests/conftest.py: build_once). Not --dist loadgroup: with pytest 9.2, xdist 3.8
+# ignores the groups. Here loadfile took 18:50, load 21:07. PYTEST_ARGS= runs in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
