@@ -254,10 +254,9 @@ def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dic
     for every algorithm).
 
     ``cfg.sweep_parallelism`` fits run at once, each from its own driver thread, as
-    ``CrossValidator``'s ``parallelism`` does: an iteration of KMeans is a Spark job of a
-    few milliseconds of work and tens of scheduling, so one fit leaves the cores idle
-    between its jobs and another fit's jobs fill them. Each fit is seeded and reads the
-    same input, so its model does not depend on what runs beside it."""
+    ``CrossValidator``'s ``parallelism`` does: for a cluster with more cores than one
+    fit's tasks use (on 2 local cores it gains nothing). Each fit is seeded and reads
+    the same input, so its model does not depend on what runs beside it."""
     ks = [cfg.k] if cfg.k else list(range(cfg.k_min, cfg.k_max + 1))
     steps = progress.Steps("k sweep", len(ks))
 
