@@ -1,5 +1,6 @@
 """One local SparkSession for the whole suite, built by the production factory with
-test-sized settings: two cores, two shuffle partitions, no UI, UTC, a temp warehouse.
+test-sized settings: two cores, two shuffle partitions, no UI, UTC, a temp warehouse,
+interpreted expressions (NO_CODEGEN).
 And one small demo lake, built once by the real pipeline, for the tests that compare
 another way of running it (a cluster, Spark Connect) or read its outputs (the report)."""
 
