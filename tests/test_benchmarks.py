@@ -165,3 +165,12 @@ def test_process_tree_flags_a_child_that_still_shares_its_parents_memory():
         forked: (2, "python", False),
     }
     assert measure.process_tree(spawned, stats) == {spawned: (0, "Thread-4", False)}  # a root always counts
+
+
+@pytest.mark.parametrize("module", ["benchmarks.run", "benchmarks.generate", "benchmarks.tool_custseg"])
+def test_harness_help_prints_every_option(module: str):
+    """argparse formats each help text with %: a literal percent sign must be doubled."""
+    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=common.ROOT, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--transactions" in done.stdout
