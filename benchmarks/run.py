@@ -106,7 +106,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--memory-cap-gb",
         type=float,
         default=None,
-        help=f"kill a tool whose process tree exceeds this; default {MEMORY_CAP_SHARE * 100:.0f}%% of RAM",  # argparse formats help with %
+        # argparse formats each help text with %: a literal percent sign is written %%
+        help=f"kill a tool whose process tree exceeds this; default {MEMORY_CAP_SHARE * 100:.0f}%% of RAM",
     )
     p.add_argument(
         "--memory-cap",
