@@ -78,11 +78,21 @@ def time_per_row(result: dict[str, Any]) -> float | None:
     return total / result["transactions"] if total else None
 
 
+def machine_key(result: dict[str, Any]) -> tuple[str, int, int]:
+    """What makes two runs' times comparable: the same CPU model, cores and RAM (GiB)."""
+    m = result["machine"]
+    return m["cpu_model"], m["cores"], round(m["ram_bytes"] / GIB)
+
+
 def growth(results: list[dict[str, Any]], small: int, large: int) -> float | None:
-    """How much time per row grew from size ``small`` to ``large`` (0.1 = 10% more)."""
-    by_size = {r["transactions"]: time_per_row(r) for r in results}
+    """How much time per row grew from size ``small`` to ``large`` (0.1 = 10% more);
+    None unless both sizes ran, and on the same kind of machine."""
+    by_size = {r["transactions"]: r for r in results}
     a, b = by_size.get(small), by_size.get(large)
-    return b / a - 1 if a and b else None
+    if a is None or b is None or machine_key(a) != machine_key(b):
+        return None
+    per_row_a, per_row_b = time_per_row(a), time_per_row(b)
+    return per_row_b / per_row_a - 1 if per_row_a and per_row_b else None
 
 
 # --------------------------------------------------------------------------- formatting
@@ -141,6 +151,20 @@ def machine_line(machine: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- one size
 
 
+def user_overrides(result: dict[str, Any]) -> list[str]:
+    """The config overrides given with ``--set``: those beyond the driver heap, which
+    the harness sets itself and the page states on its own."""
+    return [o for o in result["settings"].get("overrides", []) if not o.startswith("spark.conf.spark.driver.memory=")]
+
+
+def overrides_lines(result: dict[str, Any]) -> list[str]:
+    given = user_overrides(result)
+    if not given:
+        return []
+    return ["", "Our pipeline ran with these settings instead of its defaults: "
+                + ", ".join(f"`{o}`" for o in given) + "."]  # fmt: skip
+
+
 def markdown(result: dict[str, Any]) -> str:
     n = result["transactions"]
     tools = tools_of(result)
@@ -158,6 +182,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{data['expected_quarantined']:,} bad lines ({data['bytes'] / 1e6:,.1f} MB of Parquet in {data['files']} "
         f"files). k = {result['settings']['k_min']}..{result['settings']['k_max']}; features as of "
         f"{common.AS_OF}; Spark driver memory {result['settings']['driver_memory']}.",
+        *overrides_lines(result),
         "",
         "## Stage times",
         "",
@@ -398,12 +423,16 @@ def load_results(results_dir: Path) -> list[dict[str, Any]]:
 
 
 def summary(results: list[dict[str, Any]]) -> str:
-    """README.md: one row per size, the latest machine, and time-per-row growth."""
-    rows, previous = [], None
+    """README.md: one row per size with the machine it ran on, and time-per-row growth.
+    A size's per-row change is against the next smaller size run on the same kind of
+    machine: times from different machines are not comparable."""
+    rows, previous = [], {}
+    machines = {machine_key(r) for r in results}
     for r in results:
         tools = r["tools"]
         per_row = time_per_row(r)
-        change = f"{per_row / previous - 1:+.1%}" if per_row and previous else "–"
+        before = previous.get(machine_key(r))
+        change = f"{per_row / before - 1:+.1%}" if per_row and before else "–"
         t = r["targets"]
         rows.append([
             f"[{r['transactions']:,}]({r['transactions']}.md)",
@@ -418,28 +447,39 @@ def summary(results: list[dict[str, Any]]) -> str:
             fmt_bytes(tools.get(PANDAS, {}).get("peak_rss")),
             f"{per_row * 1e6:,.1f}" if per_row else "–",
             change,
+            f"{r['machine']['cpu_model']}, {r['run_at'][:10]}" + (" (`--set`)" if user_overrides(r) else ""),
         ])  # fmt: skip
-        previous = per_row or previous
+        if per_row:
+            previous[machine_key(r)] = per_row
     growth_value = growth(results, GROWTH_FROM, GROWTH_TO)
+    sizes = {r["transactions"] for r in results}
+    growth_text = (
+        f"{growth_value:+.1%}" if growth_value is not None
+        else "needs runs at both sizes" if not {GROWTH_FROM, GROWTH_TO} <= sizes
+        else "needs runs at both sizes on the same kind of machine"
+    )  # fmt: skip
     latest = max(results, key=lambda r: r["run_at"]) if results else None
     header = [
         "transactions", "customers", "custseg whole run", "pandas + scikit-learn whole run", "DuckDB RFM",
         f"RFM ÷ DuckDB (goal ≤ {RFM_TARGET})", f"k sweep ÷ scikit-learn (goal ≤ {SWEEP_TARGET})",
         "custseg peak memory", "pandas peak memory", "custseg µs per transaction", "per-transaction change",
+        "run on",
     ]  # fmt: skip
     lines = [
         "# Benchmark results",
         "",
         "Rebuilt by `make bench N=<transactions>` (`python -m benchmarks.run`) after every run, from the "
         "`<N>.json` files in this folder; each size links to its full tables. Times are for the whole run "
-        "without start-up; a tool that ran out of memory or failed shows its outcome instead.",
+        "without start-up; a tool that ran out of memory or failed shows its outcome instead. A per-transaction "
+        "change is against the next smaller size run on the same kind of machine; `--set`: our pipeline ran with "
+        "settings other than its defaults (listed on the size's page).",
         "",
-        table(header, rows),
+        table(header, rows, "l" + "r" * (len(header) - 2) + "l"),
         "",
-        "Time per transaction from 10M to 100M: "
-        + ("needs runs at both sizes" if growth_value is None else f"{growth_value:+.1%}")
-        + f" (goal ≤ +{GROWTH_TARGET:.0%}).",
+        f"Time per transaction from 10M to 100M: {growth_text} (goal ≤ +{GROWTH_TARGET:.0%}).",
     ]
+    if len(machines) > 1:
+        lines += ["", f"These runs come from {len(machines)} kinds of machine: compare times within one only."]
     if latest:
         lines += ["", f"Latest run: {latest['run_at']}, {latest['transactions']:,} transactions, on "
                       f"{machine_line(latest['machine'])}."]  # fmt: skip

@@ -174,3 +174,47 @@ def test_harness_help_prints_every_option(module: str):
                           timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--transactions" in done.stdout
+
+
+def sized_run(n: int, total_seconds: float, cpu: str, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A results record as the harness writes it, reduced to what the summary reads."""
+    stages = {stage: {"seconds": 1.0} for stage in common.STAGES} | {"total": {"seconds": total_seconds}}
+    return {
+        "transactions": n,
+        "run_at": "2026-12-02T10:00:00Z",
+        "machine": {
+            "cpu_model": cpu,
+            "cores": 2,
+            "ram_bytes": 24 << 30,
+            "os": "Linux",
+            "python": "3.11",
+            "versions": {"pyspark": "4.2.0"},
+        },
+        "settings": {"overrides": ["spark.conf.spark.driver.memory=11g", *overrides]},
+        "tools": {common.CUSTSEG: {"status": common.OK, "stages": stages, "checks": {"customers": n // 40}}},
+        "targets": {"rfm_vs_duckdb": {"measured": None}, "k_sweep_vs_sklearn": {"measured": None}},
+    }
+
+
+def test_summary_compares_time_per_transaction_only_on_the_same_kind_of_machine():
+    # µs per transaction: 10M on A 40.0, 50M on B 30.0, 100M on A 46.0 (+15% on A's 10M), 200M on B 32.5
+    results = [
+        sized_run(10_000_000, 400.0, "CPU A"),
+        sized_run(50_000_000, 1_500.0, "CPU B"),
+        sized_run(100_000_000, 4_600.0, "CPU A"),
+        sized_run(200_000_000, 6_500.0, "CPU B", ("spark.shuffle_partitions=200",)),
+    ]
+    rows = [line for line in report.summary(results).splitlines() if line.startswith("| [")]
+    changes = [row.split(" | ")[-2] for row in rows]
+    assert changes == ["–", "–", "+15.0%", "+8.3%"]
+    assert rows[3].endswith("CPU B, 2026-12-02 (`--set`) |") and rows[0].endswith("CPU A, 2026-12-02 |")
+    assert report.growth(results, 10_000_000, 100_000_000) == pytest.approx(0.15)
+    assert report.growth(results, 50_000_000, 100_000_000) is None  # another machine
+    assert "from 10M to 100M: +15.0%" in report.summary(results)
+    assert "from 10M to 100M: needs runs at both sizes on the same kind of machine" in report.summary(
+        [sized_run(10_000_000, 400.0, "CPU A"), sized_run(100_000_000, 4_600.0, "CPU B")]
+    )
+    page_lines = report.overrides_lines(results[3])
+    assert page_lines == ["", "Our pipeline ran with these settings instead of its defaults: "
+                              "`spark.shuffle_partitions=200`."]  # fmt: skip
+    assert report.overrides_lines(results[0]) == []
