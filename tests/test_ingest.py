@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -42,12 +44,23 @@ def run_log_expected(spark, run_id):
     )
 
 
-def test_ingest_accepts_quarantines_and_reconciles(spark, tmp_path):
+def test_ingest_accepts_quarantines_and_reconciles(spark, tmp_path, caplog):
     cfg = make_config(tmp_path)
     write_sources(tmp_path / "raw")
-    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+    with caplog.at_level(logging.INFO, logger="custseg.progress"):
+        counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
 
     assert all(s.balanced for s in counts)
+    # the long steps between the source lines and the writes show their progress
+    steps = [re.sub(r"\d+\.\ds", "T", r.getMessage()) for r in caplog.records if r.name == "custseg.progress"]
+    assert steps == [
+        "ingest: parsing, validating and deduplicating every line into a checkpoint: started",
+        "ingest: parsing, validating and deduplicating every line into a checkpoint: done in T",
+        "ingest: outlier fences and counts: started",
+        "ingest: outlier fences and counts: done in T: 9 rows read, 5 accepted, 2 quarantined, 2 duplicates",
+        "ingest: data profile: started",
+        "ingest: data profile: done in T",
+    ]
     log_cols = ["run_id", "job", "source", "rows_read", "duplicates", "accepted", "quarantined", "inserted"]
     run_log = io.read(spark, io.table_ref(cfg.storage, cfg.tables.run_log)).select(*log_cols)
     assert_df_equality(run_log, run_log_expected(spark, "run-1"), ignore_row_order=True, ignore_nullable=True)
