@@ -80,7 +80,7 @@ class IngestResult:
 
 
 def assign_ids(drop_duplicates: bool) -> Callable[[DataFrame], DataFrame]:
-    """Adds ``txn_id`` and ``is_duplicate`` from ``content_id``.
+    """Replaces ``content_id`` by ``txn_id`` and adds ``is_duplicate``.
 
     With ``drop_duplicates``, copies of a line share one txn_id and every copy after the
     first (by file name) is a duplicate. Without it, the n-th copy gets its own id
@@ -92,12 +92,14 @@ def assign_ids(drop_duplicates: bool) -> Callable[[DataFrame], DataFrame]:
         by_content = Window.partitionBy(CONTENT_ID).orderBy(SOURCE_FILE)
         occurrence = F.row_number().over(by_content)
         if drop_duplicates:
-            return df.select("*", F.col(CONTENT_ID).alias(c.TXN_ID), (occurrence > 1).alias(DUPLICATE))
+            # Renamed after the window: an alias beside it would be computed below it, and
+            # the shuffle would move the 64-character id twice.
+            return df.select("*", (occurrence > 1).alias(DUPLICATE)).withColumnRenamed(CONTENT_ID, c.TXN_ID)
         # The first copy keeps the content id in both modes, so switching the policy
         # between runs does not load the same line twice.
         later_copy = F.sha2(F.concat_ws("#", F.col(CONTENT_ID), occurrence.cast("string")), 256)
         txn_id = F.when(occurrence == 1, F.col(CONTENT_ID)).otherwise(later_copy)
-        return df.select("*", txn_id.alias(c.TXN_ID), F.lit(False).alias(DUPLICATE))
+        return df.select("*", txn_id.alias(c.TXN_ID), F.lit(False).alias(DUPLICATE)).drop(CONTENT_ID)
 
     return transform
 
@@ -245,8 +247,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
 
     rows = (
         functools.reduce(DataFrame.unionByName, canonical)
+        .withColumn(RAW, _quarantined_only(RAW))  # before the deduplication's shuffle, which moves every row
         .transform(assign_ids(policy.drop_duplicates))
-        .select(*STAGED_COLUMNS, _quarantined_only(RAW), F.lit(run_id).alias(c.RUN_ID))
+        .select(*STAGED_COLUMNS, RAW, F.lit(run_id).alias(c.RUN_ID))
     )
     transactions = io.table_ref(cfg.storage, cfg.tables.transactions)
     quarantine = io.table_ref(cfg.storage, cfg.tables.quarantine)
