@@ -24,6 +24,7 @@ DEFAULT_RESULTS_DIR = ROOT / "benchmarks" / "results"
 BENCH_CONFIGS = ("conf/base.yaml", "conf/local.yaml", "conf/bench.yaml")
 # conf/local.yaml names the jars relative to the working directory; a tool may run elsewhere.
 JARS_OVERRIDE = f"spark.delta_jars_dir={ROOT / '.cache' / 'jars'}"
+DRIVER_MEMORY_KEY = "spark.conf.spark.driver.memory"  # the override the harness always gives our pipeline
 
 # The generated data ends the day before this; every tool computes features as of it, so
 # no tool depends on the clock (the date is also features.as_of_date in conf/bench.yaml).

@@ -154,7 +154,7 @@ def machine_line(machine: dict[str, Any]) -> str:
 def user_overrides(result: dict[str, Any]) -> list[str]:
     """The config overrides given with ``--set``: those beyond the driver heap, which
     the harness sets itself and the page states on its own."""
-    return [o for o in result["settings"].get("overrides", []) if not o.startswith("spark.conf.spark.driver.memory=")]
+    return [o for o in result["settings"].get("overrides", []) if not o.startswith(f"{common.DRIVER_MEMORY_KEY}=")]
 
 
 def overrides_lines(result: dict[str, Any]) -> list[str]:

@@ -149,7 +149,7 @@ def memory_caps(args: argparse.Namespace) -> dict[str, int]:
 
 def custseg_overrides(args: argparse.Namespace, driver_memory: str) -> list[str]:
     """Our pipeline's config overrides: the driver heap, the k range, then the user's."""
-    overrides = [f"spark.conf.spark.driver.memory={driver_memory}"]
+    overrides = [f"{common.DRIVER_MEMORY_KEY}={driver_memory}"]
     if args.k_min is not None:
         overrides.append(f"segment.k_min={args.k_min}")
     if args.k_max is not None:

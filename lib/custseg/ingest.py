@@ -97,9 +97,15 @@ def assign_ids(drop_duplicates: bool) -> Callable[[DataFrame], DataFrame]:
             return df.select("*", (occurrence > 1).alias(DUPLICATE)).withColumnRenamed(CONTENT_ID, c.TXN_ID)
         # The first copy keeps the content id in both modes, so switching the policy
         # between runs does not load the same line twice.
-        later_copy = F.sha2(F.concat_ws("#", F.col(CONTENT_ID), occurrence.cast("string")), 256)
-        txn_id = F.when(occurrence == 1, F.col(CONTENT_ID)).otherwise(later_copy)
-        return df.select("*", txn_id.alias(c.TXN_ID), F.lit(False).alias(DUPLICATE)).drop(CONTENT_ID)
+        # The occurrence as a column first: used twice in one expression, the window
+        # function would be computed twice.
+        numbered = df.select("*", occurrence.alias("_occurrence"))
+        nth = F.col("_occurrence")
+        later_copy = F.sha2(F.concat_ws("#", F.col(CONTENT_ID), nth.cast("string")), 256)
+        txn_id = F.when(nth == 1, F.col(CONTENT_ID)).otherwise(later_copy)
+        return numbered.select("*", txn_id.alias(c.TXN_ID), F.lit(False).alias(DUPLICATE)).drop(
+            CONTENT_ID, "_occurrence"
+        )
 
     return transform
 
