@@ -8,6 +8,7 @@ import datetime as dt
 
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
+from pyspark.sql import functions as F
 
 from custseg import ingest, io
 from custseg.sources import SourceError
@@ -115,6 +116,36 @@ def test_flag_extremes_marks_amounts_beyond_the_far_fence(spark):
         [(10.0, False)] * 9 + [(100000.0, True), (5e6, True)], "amount DOUBLE, is_extreme BOOLEAN"
     )
     assert_df_equality(flagged, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_nearest_rank_quantiles_of_counted_values(spark):
+    # Source a: 1.0, 2.0, 2.0, 3.0, 5.0 (n = 5). Ranks ceil(p x 5): p01 -> 1, p25 -> 2,
+    # p50 -> 3, p75 -> 4, p99 -> 5; cumulative counts 1, 3, 4, 5 at 1, 2, 3, 5.
+    # Source b counts only a null value: no row.
+    counted = spark.createDataFrame(
+        [("a", 2.0, 2), ("a", 5.0, 1), ("a", 1.0, 1), ("a", 3.0, 1), ("b", None, 4)],
+        "source STRING, v DOUBLE, n LONG",
+    )
+    quantiles = ingest.nearest_rank_quantiles(counted, "source", "v", "n", ingest.AMOUNT_QUANTILES)
+    expected = spark.createDataFrame(
+        [("a", 1.0, 2.0, 2.0, 3.0, 5.0)], "source STRING, q0 DOUBLE, q1 DOUBLE, q2 DOUBLE, q3 DOUBLE, q4 DOUBLE"
+    )
+    assert_df_equality(quantiles, expected, ignore_nullable=True)
+
+
+def test_nearest_rank_quantiles_agree_with_percentile_approx_where_it_is_exact(spark):
+    # 2,000 values with ties, below percentile_approx's accuracy of 10,000: exact there.
+    values = spark.range(2000).select(
+        (F.col("id") % 3).cast("string").alias("source"), F.round(F.rand(seed=7) * 50).alias("v")
+    )
+    probabilities = ingest.AMOUNT_QUANTILES
+    ours = ingest.nearest_rank_quantiles(values.groupBy("source", "v").count(), "source", "v", "count", probabilities)
+    theirs = (
+        values.groupBy("source")
+        .agg(F.percentile_approx("v", list(probabilities), 10_000).alias("q"))
+        .select("source", *[F.col("q")[i].alias(f"q{i}") for i in range(len(probabilities))])
+    )
+    assert_df_equality(ours, theirs, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_data_profile_per_source_and_all(spark):

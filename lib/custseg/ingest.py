@@ -128,6 +128,41 @@ def _quarantined_only(col: str) -> F.Column:
     return F.when(F.col(REASON).isNotNull(), F.col(col)).alias(col)
 
 
+def with_ranks(counted: DataFrame, by: F.Column, value: str, count: str) -> DataFrame:
+    """``counted`` with a row per (group ``by``, ``value``) and how many rows hold that
+    value, plus ``_n``, the rows of the group with a value, and ``_below``, those at or
+    below this row's value. Null values sort first and count as none."""
+    counts = F.when(F.col(value).isNotNull(), F.col(count)).otherwise(F.lit(0))
+    at_or_below = Window.partitionBy(by).orderBy(value).rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    return counted.select(
+        "*", F.sum(counts).over(Window.partitionBy(by)).alias("_n"), F.sum(counts).over(at_or_below).alias("_below")
+    )
+
+
+def nearest_rank(p: float, value: str) -> F.Column:
+    """Aggregated over a group of ``with_ranks``' rows: the exact nearest-rank quantile
+    p, the smallest value with at least ceil(p x n) of the group's n rows at or below
+    it (what ``percentile_approx`` gives on data small enough to be exact)."""
+    return F.min(F.when(F.col("_below") >= F.ceil(F.col("_n") * p), F.col(value)))
+
+
+def nearest_rank_quantiles(
+    counted: DataFrame, by: str, value: str, count: str, probabilities: tuple[float, ...]
+) -> DataFrame:
+    """Exact quantiles from counted values: ``counted`` has a row per (``by``, ``value``)
+    with how many rows hold that value; the result has a row per ``by`` with columns
+    ``q0, q1, ...``, the ``nearest_rank`` of each probability. A group with no values
+    has no row.
+
+    Counting the distinct values first is a hash aggregate that combines rows before any
+    shuffle, where ``percentile_approx`` keeps a sorted summary per group and, in Spark
+    4.2, builds a SQL configuration for every row it adds. Amounts have few distinct
+    values (29,198 at 10M generated lines); with a distinct value per row, the count
+    costs a sort of that column and stays exact."""
+    ranked = with_ranks(counted.where(F.col(value).isNotNull()), F.col(by), value, count)
+    return ranked.groupBy(by).agg(*[nearest_rank(p, value).alias(f"q{i}") for i, p in enumerate(probabilities)])
+
+
 def flag_extremes(factor: float | None) -> Callable[[DataFrame], DataFrame]:
     """Adds ``is_extreme``: the amount is beyond Tukey's far fence on log1p|amount|
     (Q3 + factor x IQR) of the accepted rows of its source. A flag, not a filter:
@@ -139,10 +174,11 @@ def flag_extremes(factor: float | None) -> Callable[[DataFrame], DataFrame]:
     def transform(df: DataFrame) -> DataFrame:
         if factor is None:
             return df.withColumn(c.IS_EXTREME, F.lit(False))
-        quartiles = F.percentile_approx(F.when(_accepted(), _log_amount()), [0.25, 0.75], 10_000)
+        counted = df.where(_accepted()).groupBy(c.SOURCE, _log_amount().alias("_v")).count()
+        quartiles = nearest_rank_quantiles(counted, c.SOURCE, "_v", "count", (0.25, 0.75))
         fences = {
-            row[c.SOURCE]: row["q"][1] + factor * (row["q"][1] - row["q"][0])
-            for row in df.groupBy(c.SOURCE).agg(quartiles.alias("q")).where(F.col("q").isNotNull()).collect()
+            row[c.SOURCE]: row["q1"] + factor * (row["q1"] - row["q0"])
+            for row in quartiles.where(F.col("q0").isNotNull()).collect()
         }  # one row per source
         fence = F.lit(None).cast("double")
         for source, value in sorted(fences.items()):
@@ -173,46 +209,57 @@ def data_profile(flagged: DataFrame) -> DataFrame:
     amount_p50, amount_p75, amount_p99, return_share, extreme_rows.
     """
     rows = flagged.where(~F.col(DUPLICATE))
-    accepted_amount = F.when(_accepted() & (F.col(c.TXN_TYPE) == c.PURCHASE), F.col(c.AMOUNT))
+    fields = (c.CUSTOMER_ID, c.PRODUCT_ID, c.QUANTITY, c.UNIT_PRICE, c.EVENT_TS)
+    accepted = _accepted()
+    # Two passes over the rows, each one chain of aggregates, so that neither relies on
+    # Spark reusing a shuffle that two branches of the plan read.
 
-    def null_rate(col: str) -> F.Column:
-        return F.round(F.avg(F.col(col).isNull().cast("double")), 4).alias(f"null_rate_{col}")
-
-    # Distinct customers in their own two-level aggregate: one count_distinct beside the
-    # quantiles would make Spark expand every row once per distinct aggregate (minutes at
-    # millions of rows, against seconds for each alone).
-    # (A customer may buy through several sources: ALL counts each customer once.)
-    # ALL's customers come from the distinct (source, customer) pairs, not the rows: one
-    # shuffle of the rows serves both (Spark reuses it), the second is of the pairs.
-    pairs = rows.where(_accepted() & F.col(c.CUSTOMER_ID).isNotNull()).select(c.SOURCE, c.CUSTOMER_ID).distinct()
-    per_source = pairs.groupBy(c.SOURCE).count()
-    overall = pairs.select(c.CUSTOMER_ID).distinct().agg(F.count(F.lit(1)).alias("count"))
-    customers = per_source.unionByName(overall.select(F.lit(ALL_SOURCES).alias(c.SOURCE), "count")).withColumnRenamed(
-        "count", "distinct_customers"
+    # Distinct customers: the distinct (source, customer) pairs, counted per source and,
+    # each customer once, for ALL (a customer may buy through several sources). A
+    # count_distinct beside the other aggregates would make Spark expand every row once
+    # per distinct aggregate; collecting each customer's sources in a set was twice as
+    # slow at 1M lines (3.7 s against 1.9 s).
+    customers = (
+        rows.where(accepted & F.col(c.CUSTOMER_ID).isNotNull())
+        .select(c.SOURCE, c.CUSTOMER_ID)
+        .distinct()
+        .groupingSets([[c.SOURCE], []], c.SOURCE)
+        .agg(F.count_distinct(c.CUSTOMER_ID).alias("distinct_customers"))
+        .select(F.coalesce(F.col(c.SOURCE), F.lit(ALL_SOURCES)).alias(c.SOURCE), "distinct_customers")
     )
-    profile = rows.rollup(c.SOURCE).agg(
+
+    # Everything else: counts per source and accepted purchase amount (null for the other
+    # rows), and per amount for ALL, in one aggregate (grouping sets) that combines rows
+    # before its shuffle; then, over those few rows, the amounts' ranks and the sums.
+    amount = F.when(accepted & (F.col(c.TXN_TYPE) == c.PURCHASE), F.col(c.AMOUNT)).alias("_amount")
+    counted = rows.groupingSets([[c.SOURCE, amount], [amount]], c.SOURCE, amount).agg(
         F.count(F.lit(1)).alias("rows"),
-        F.count_if(_accepted()).alias("accepted"),
+        F.count_if(accepted).alias("accepted"),
         F.count_if(_quarantined()).alias("quarantined"),
-        *[null_rate(col) for col in (c.CUSTOMER_ID, c.PRODUCT_ID, c.QUANTITY, c.UNIT_PRICE, c.EVENT_TS)],
-        F.min(F.when(_accepted(), F.col(c.EVENT_TS))).alias("first_event_ts"),
-        F.max(F.when(_accepted(), F.col(c.EVENT_TS))).alias("last_event_ts"),
-        F.percentile_approx(accepted_amount, list(AMOUNT_QUANTILES), 10_000).alias("_q"),
-        F.round(
-            F.count_if(_accepted() & (F.col(c.TXN_TYPE) == c.RETURN)) / F.greatest(F.count_if(_accepted()), F.lit(1)),
-            4,
-        ).alias("return_share"),
-        F.count_if(_accepted() & F.col(c.IS_EXTREME)).alias("extreme_rows"),
+        *[F.count_if(F.col(col).isNull()).alias(f"_null_{col}") for col in fields],
+        F.min(F.when(accepted, F.col(c.EVENT_TS))).alias("first_event_ts"),
+        F.max(F.when(accepted, F.col(c.EVENT_TS))).alias("last_event_ts"),
+        F.count_if(accepted & (F.col(c.TXN_TYPE) == c.RETURN)).alias("_returns"),
+        F.count_if(accepted & F.col(c.IS_EXTREME)).alias("extreme_rows"),
     )
-    quantiles = [F.col("_q")[i].alias(f"amount_p{int(q * 100):02d}") for i, q in enumerate(AMOUNT_QUANTILES)]
-    return profile.withColumn(c.SOURCE, F.coalesce(F.col(c.SOURCE), F.lit(ALL_SOURCES))).join(
-        customers, on=c.SOURCE, how="left"
-    ).select(
+    source = F.coalesce(F.col(c.SOURCE), F.lit(ALL_SOURCES))  # the second grouping set's
+    ranked = with_ranks(counted, source, "_amount", "rows")
+    quantiles = [nearest_rank(q, "_amount").alias(f"amount_p{int(q * 100):02d}") for q in AMOUNT_QUANTILES]
+    sums = ("rows", "accepted", "quarantined", *[f"_null_{col}" for col in fields], "_returns", "extreme_rows")
+    profile = ranked.groupBy(source.alias(c.SOURCE)).agg(
+        *[F.sum(col).alias(col) for col in sums],
+        F.min("first_event_ts").alias("first_event_ts"),
+        F.max("last_event_ts").alias("last_event_ts"),
+        *quantiles,
+    )
+    return profile.join(customers, on=c.SOURCE, how="left").select(
         c.SOURCE,
         "rows", "accepted", "quarantined",
-        *[f"null_rate_{col}" for col in (c.CUSTOMER_ID, c.PRODUCT_ID, c.QUANTITY, c.UNIT_PRICE, c.EVENT_TS)],
+        *[F.round(F.col(f"_null_{col}") / F.col("rows"), 4).alias(f"null_rate_{col}") for col in fields],
         F.coalesce(F.col("distinct_customers"), F.lit(0)).alias("distinct_customers"),
-        "first_event_ts", "last_event_ts", *quantiles, "return_share", "extreme_rows",
+        "first_event_ts", "last_event_ts", *[f"amount_p{int(q * 100):02d}" for q in AMOUNT_QUANTILES],
+        F.round(F.col("_returns") / F.greatest(F.col("accepted"), F.lit(1)), 4).alias("return_share"),
+        "extreme_rows",
     )  # fmt: skip
 
 
