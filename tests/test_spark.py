@@ -2,10 +2,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
+from pathlib import Path
 
 import pytest
 
-from custseg.spark import FETCH_JARS_COMMAND, MissingJarsError, delta_artifact, remote_url, session_conf
+from custseg.spark import (
+    FETCH_JARS_COMMAND,
+    SHUFFLE_CLEANUP,
+    MissingJarsError,
+    delta_artifact,
+    remote_url,
+    session_conf,
+    shuffle_files_removed,
+)
 from tests.conftest import make_config
 
 
@@ -66,3 +76,20 @@ def test_session_conf_remote_connect_server_needs_no_local_jars(tmp_path, monkey
     conf = session_conf(cfg)
     assert "spark.jars" not in conf and "spark.databricks.delta.snapshotPartitions" not in conf
     assert conf["spark.sql.shuffle.partitions"] == "200"
+
+
+def shuffle_files(spark) -> set[Path]:
+    local_dirs = spark._jvm.org.apache.spark.SparkEnv.get().blockManager().diskBlockManager().localDirsString()
+    return {f for d in local_dirs for f in Path(d).rglob("shuffle_*.data")}
+
+
+def test_a_checkpoint_built_with_shuffle_files_removed_leaves_none_behind(spark):
+    before = shuffle_files(spark)
+    with shuffle_files_removed(spark):
+        kept = spark.range(5000).repartition(3).localCheckpoint(eager=True)
+    assert spark.conf.get(SHUFFLE_CLEANUP) == "false"  # as it was before the block
+    deadline = time.monotonic() + 30  # the files are removed asynchronously
+    while shuffle_files(spark) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert shuffle_files(spark) - before == set()
+    assert kept.count() == 5000  # the checkpoint does not need them

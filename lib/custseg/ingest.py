@@ -25,6 +25,7 @@ from custseg import columns as c
 from custseg import io, progress
 from custseg.config import Config
 from custseg.sources import CONTENT_ID, RAW, REASON, SOURCE_FILE, canonicalize, check_mapping, read_source
+from custseg.spark import shuffle_files_removed
 
 log = logging.getLogger(__name__)
 
@@ -298,12 +299,6 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
         _write_run_log(spark, cfg, run_id, empty, now)
         raise ValueError("every configured source is empty: nothing to ingest")
 
-    rows = (
-        functools.reduce(DataFrame.unionByName, canonical)
-        .withColumn(RAW, _quarantined_only(RAW))  # before the deduplication's shuffle, which moves every row
-        .transform(assign_ids(policy.drop_duplicates))
-        .select(*STAGED_COLUMNS, RAW, F.lit(run_id).alias(c.RUN_ID))
-    )
     transactions = io.table_ref(cfg.storage, cfg.tables.transactions)
     quarantine = io.table_ref(cfg.storage, cfg.tables.quarantine)
     # The fences, counting, writing and profiling read the rows several times: they are
@@ -311,12 +306,23 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
     # Against a persisted DataFrame (an in-memory columnar cache built from the wide rows)
     # this is a third less time in all, and memory stays flat whatever the size. A lost
     # executor fails the job instead of recomputing; the load is idempotent, so a rerun
-    # completes it. It is most of the job's time, so it logs its own start and end, as do
-    # the other steps that write nothing for minutes at scale.
-    with progress.stage("ingest: parsing, validating and deduplicating every line into a checkpoint"):
-        rows = rows.localCheckpoint(eager=True, storageLevel=StorageLevel.DISK_ONLY)
-    flagged = rows.transform(flag_extremes(policy.extreme_iqr_factor))
+    # completes it. The deduplication's shuffle files go as soon as the checkpoint is
+    # written (as large as the checkpoint, nothing reads them again). It is most of the
+    # job's time, so it logs its own start and end, as do the other steps that write
+    # nothing for minutes at scale.
+    with (
+        shuffle_files_removed(spark),
+        progress.stage("ingest: parsing, validating and deduplicating every line into a checkpoint"),
+    ):
+        rows = (
+            functools.reduce(DataFrame.unionByName, canonical)
+            .withColumn(RAW, _quarantined_only(RAW))  # before the deduplication's shuffle, which moves every row
+            .transform(assign_ids(policy.drop_duplicates))
+            .select(*STAGED_COLUMNS, RAW, F.lit(run_id).alias(c.RUN_ID))
+            .localCheckpoint(eager=True, storageLevel=StorageLevel.DISK_ONLY)
+        )
     with progress.stage("ingest: outlier fences and counts") as found:
+        flagged = rows.transform(flag_extremes(policy.extreme_iqr_factor))  # the fences are a pass
         counts = {row[c.SOURCE]: SourceCounts(**row.asDict()) for row in source_counts(flagged).collect()}
         for field in ("rows_read", "accepted", "quarantined", "duplicates"):
             found[field.replace("_", " ")] = sum(getattr(s, field) for s in counts.values())

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import socket
 import sys
 import warnings
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from custseg.config import SparkConfig
 log = logging.getLogger(__name__)
 
 FETCH_JARS_COMMAND = "make jars"
+# Spark 4.1+: a query built while this is on removes its shuffle files when it ends.
+SHUFFLE_CLEANUP = "spark.sql.classic.shuffleDependency.fileCleanup.enabled"
 
 _DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -210,3 +214,25 @@ def _connect_session(cfg: SparkConfig, remote: str, origin: str) -> SparkSession
     if skipped:
         log.info("left to the Connect server (not settable by a client): %s", ", ".join(skipped))
     return spark
+
+
+@contextlib.contextmanager
+def shuffle_files_removed(spark: SparkSession) -> Iterator[None]:
+    """Queries built inside the block remove their shuffle files as soon as they end.
+
+    For a query whose result is kept another way, such as a checkpoint: otherwise the
+    files stay until the driver's garbage collector finds the shuffle unreferenced,
+    which may be never (at 200M lines, 38 GB of deduplication shuffle stayed on disk
+    beside the checkpoint, and a forced collection did not remove it). Only for those:
+    an action repeated on a frame reuses its shuffle files, and would then recompute
+    them. A session that does not know the setting (a Connect server decides its own
+    cleanup) is left as it is."""
+    if not spark.conf.isModifiable(SHUFFLE_CLEANUP):
+        yield
+        return
+    before = spark.conf.get(SHUFFLE_CLEANUP)
+    spark.conf.set(SHUFFLE_CLEANUP, "true")
+    try:
+        yield
+    finally:
+        spark.conf.set(SHUFFLE_CLEANUP, before)
