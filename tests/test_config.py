@@ -68,6 +68,14 @@ def test_load_config_bad_source_mapping_names_its_file(tmp_path):
         load_config([BASE], [f"ingest.sources=['{source}']"])
 
 
+def test_load_config_refuses_a_source_named_like_the_profiles_every_source_row(tmp_path):
+    source = write(
+        tmp_path, "all.yaml", (CONF / "sources" / "demo_pos.yaml").read_text().replace("name: pos", "name: ALL")
+    )
+    with pytest.raises(ConfigError, match=r"ingest\.sources: 'ALL' names every source together"):
+        load_config([BASE], [f"ingest.sources=['{source}']"])
+
+
 def test_load_config_reads_secrets_from_environment(monkeypatch):
     monkeypatch.setenv("CUSTSEG_TEST_TOKEN", "s3cr3t")
     cfg = load_config([BASE], ["spark.conf={fs.azure.account.key: '${CUSTSEG_TEST_TOKEN}'}"])

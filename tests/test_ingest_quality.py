@@ -133,6 +133,14 @@ def test_nearest_rank_quantiles_of_counted_values(spark):
     assert_df_equality(quantiles, expected, ignore_nullable=True)
 
 
+def test_nearest_rank_is_the_exact_rank_where_p_times_n_is_not_exact_in_doubles(spark):
+    # Values 1..100 once each: p = 0.07 is rank 7, though 0.07 * 100 = 7.000000000000001.
+    counted = spark.range(1, 101).select(F.lit("a").alias("source"), F.col("id").cast("double").alias("v"), F.lit(1))
+    quantiles = ingest.nearest_rank_quantiles(counted.toDF("source", "v", "n"), "source", "v", "n", (0.07, 0.55))
+    expected = spark.createDataFrame([("a", 7.0, 55.0)], "source STRING, q0 DOUBLE, q1 DOUBLE")
+    assert_df_equality(quantiles, expected, ignore_nullable=True)
+
+
 def test_nearest_rank_quantiles_agree_with_percentile_approx_where_it_is_exact(spark):
     # 2,000 values with ties, below percentile_approx's accuracy of 10,000: exact there.
     values = spark.range(2000).select(
@@ -174,6 +182,35 @@ def test_data_profile_per_source_and_all(spark):
         "source STRING, rows LONG, accepted LONG, quarantined LONG, null_rate_customer_id DOUBLE, "
         "null_rate_product_id DOUBLE, distinct_customers LONG, first_event_ts TIMESTAMP, last_event_ts TIMESTAMP, "
         "amount_p50 DOUBLE, return_share DOUBLE, extreme_rows LONG",
+    )
+    assert_approx_df_equality(profile, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_data_profile_of_a_source_without_accepted_purchases(spark):
+    schema = (
+        "source STRING, customer_id STRING, product_id STRING, quantity DOUBLE, unit_price DOUBLE, amount DOUBLE, "
+        "event_ts TIMESTAMP, txn_type STRING, is_extreme BOOLEAN, reason STRING, is_duplicate BOOLEAN"
+    )
+    t1 = dt.datetime(2024, 1, 1)
+    rows = [
+        ("pos", "a", "p", 1.0, 10.0, 10.0, t1, "purchase", False, None, False),
+        ("pos", "b", "p", 3.0, 10.0, 30.0, t1, "purchase", False, None, False),
+        ("app", None, "p", 1.0, 5.0, 5.0, t1, "purchase", False, "missing_customer_id", False),
+        ("app", "c", "p", -1.0, 5.0, -5.0, t1, "return", False, None, False),  # accepted, not a purchase
+    ]
+    profile = ingest.data_profile(spark.createDataFrame(rows, schema)).select(
+        "source", "rows", "accepted", "quarantined", "distinct_customers", "amount_p01", "amount_p50", "amount_p99",
+        "return_share",
+    )  # fmt: skip
+    # p01, p50, p99 of (10, 30): ranks ceil(0.02) = 1, ceil(1.0) = 1, ceil(1.98) = 2.
+    expected = spark.createDataFrame(
+        [
+            ("pos", 2, 2, 0, 2, 10.0, 10.0, 30.0, 0.0),
+            ("app", 2, 1, 1, 1, None, None, None, 1.0),
+            ("ALL", 4, 3, 1, 3, 10.0, 10.0, 30.0, 0.3333),
+        ],
+        "source STRING, rows LONG, accepted LONG, quarantined LONG, distinct_customers LONG, amount_p01 DOUBLE, "
+        "amount_p50 DOUBLE, amount_p99 DOUBLE, return_share DOUBLE",
     )
     assert_approx_df_equality(profile, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
 

@@ -85,9 +85,10 @@ def shuffle_files(spark) -> set[Path]:
 
 def test_a_checkpoint_built_with_shuffle_files_removed_leaves_none_behind(spark):
     before = shuffle_files(spark)
+    assert spark.conf.get(SHUFFLE_CLEANUP, None) is None  # the session does not set it
     with shuffle_files_removed(spark):
         kept = spark.range(5000).repartition(3).localCheckpoint(eager=True)
-    assert spark.conf.get(SHUFFLE_CLEANUP) == "false"  # as it was before the block
+    assert spark.conf.get(SHUFFLE_CLEANUP, None) is None  # unset again, as before the block
     deadline = time.monotonic() + 30  # the files are removed asynchronously
     while shuffle_files(spark) - before and time.monotonic() < deadline:
         time.sleep(0.2)

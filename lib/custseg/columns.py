@@ -17,6 +17,7 @@ STORE = "store"
 CHANNEL = "channel"
 TXN_TYPE = "txn_type"
 RUN_ID = "run_id"
+ALL_SOURCES = "ALL"  # the data profile's row for every source together: no source's name
 
 PURCHASE = "purchase"
 RETURN = "return"

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import yaml
 
+from custseg import columns as c
+
 
 class ConfigError(ValueError):
     """A configuration file, key or value is wrong; the message says which and where."""
@@ -246,6 +248,8 @@ class Config:
             check(all(1 <= v <= rfm.bins for v in scores), f"rfm.segments[{i}]", f"scores must be 1..{rfm.bins}")
         names = [s.name for s in self.sources]
         check(len(names) == len(set(names)), "ingest.sources", f"source names must be unique, got {names}")
+        check(c.ALL_SOURCES not in names, "ingest.sources",
+              f"{c.ALL_SOURCES!r} names every source together in the data profile, not one source")  # fmt: skip
         return self
 
 

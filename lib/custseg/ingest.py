@@ -16,6 +16,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -30,7 +31,7 @@ from custseg.spark import shuffle_files_removed
 log = logging.getLogger(__name__)
 
 DUPLICATE = "is_duplicate"
-ALL_SOURCES = "ALL"
+ALL_SOURCES = c.ALL_SOURCES
 
 TRANSACTION_COLUMNS = (
     c.TXN_ID, c.SOURCE, c.CUSTOMER_ID, c.INVOICE_ID, c.LINE_ID, c.PRODUCT_ID, c.QUANTITY, c.UNIT_PRICE, c.AMOUNT,
@@ -144,7 +145,8 @@ def nearest_rank(p: float, value: str) -> F.Column:
     """Aggregated over a group of ``with_ranks``' rows: the exact nearest-rank quantile
     p, the smallest value with at least ceil(p x n) of the group's n rows at or below
     it (what ``percentile_approx`` gives on data small enough to be exact)."""
-    return F.min(F.when(F.col("_below") >= F.ceil(F.col("_n") * p), F.col(value)))
+    # p as a decimal: in doubles 0.07 x 100 is 7.000000000000001, a rank too far.
+    return F.min(F.when(F.col("_below") >= F.ceil(F.col("_n") * F.lit(Decimal(str(p)))), F.col(value)))
 
 
 def nearest_rank_quantiles(
@@ -156,10 +158,10 @@ def nearest_rank_quantiles(
     has no row.
 
     Counting the distinct values first is a hash aggregate that combines rows before any
-    shuffle, where ``percentile_approx`` keeps a sorted summary per group and, in Spark
-    4.2, builds a SQL configuration for every row it adds. Amounts have few distinct
-    values (29,198 at 10M generated lines); with a distinct value per row, the count
-    costs a sort of that column and stays exact."""
+    shuffle, where ``percentile_approx`` keeps a sorted summary per group (and, a thread
+    dump of Spark 4.2 showed, builds a SQL configuration for every row it adds). Amounts
+    have few distinct values (29,198 at 10M generated lines); with a distinct value per
+    row it stays exact, but each group's values are then sorted in one task."""
     ranked = with_ranks(counted.where(F.col(value).isNotNull()), F.col(by), value, count)
     return ranked.groupBy(by).agg(*[nearest_rank(p, value).alias(f"q{i}") for i, p in enumerate(probabilities)])
 
@@ -245,7 +247,7 @@ def data_profile(flagged: DataFrame) -> DataFrame:
     )
     source = F.coalesce(F.col(c.SOURCE), F.lit(ALL_SOURCES))  # the second grouping set's
     ranked = with_ranks(counted, source, "_amount", "rows")
-    quantiles = [nearest_rank(q, "_amount").alias(f"amount_p{int(q * 100):02d}") for q in AMOUNT_QUANTILES]
+    quantiles = [nearest_rank(q, "_amount").alias(f"amount_p{round(q * 100):02d}") for q in AMOUNT_QUANTILES]
     sums = ("rows", "accepted", "quarantined", *[f"_null_{col}" for col in fields], "_returns", "extreme_rows")
     profile = ranked.groupBy(source.alias(c.SOURCE)).agg(
         *[F.sum(col).alias(col) for col in sums],
@@ -258,7 +260,7 @@ def data_profile(flagged: DataFrame) -> DataFrame:
         "rows", "accepted", "quarantined",
         *[F.round(F.col(f"_null_{col}") / F.col("rows"), 4).alias(f"null_rate_{col}") for col in fields],
         F.coalesce(F.col("distinct_customers"), F.lit(0)).alias("distinct_customers"),
-        "first_event_ts", "last_event_ts", *[f"amount_p{int(q * 100):02d}" for q in AMOUNT_QUANTILES],
+        "first_event_ts", "last_event_ts", *[f"amount_p{round(q * 100):02d}" for q in AMOUNT_QUANTILES],
         F.round(F.col("_returns") / F.greatest(F.col("accepted"), F.lit(1)), 4).alias("return_share"),
         "extreme_rows",
     )  # fmt: skip

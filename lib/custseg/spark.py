@@ -218,21 +218,24 @@ def _connect_session(cfg: SparkConfig, remote: str, origin: str) -> SparkSession
 
 @contextlib.contextmanager
 def shuffle_files_removed(spark: SparkSession) -> Iterator[None]:
-    """Queries built inside the block remove their shuffle files as soon as they end.
+    """Queries built inside the block remove their shuffle files once they end.
 
     For a query whose result is kept another way, such as a checkpoint: otherwise the
-    files stay until the driver's garbage collector finds the shuffle unreferenced,
-    which may be never (at 200M lines, 38 GB of deduplication shuffle stayed on disk
-    beside the checkpoint, and a forced collection did not remove it). Only for those:
-    an action repeated on a frame reuses its shuffle files, and would then recompute
-    them. A session that does not know the setting (a Connect server decides its own
-    cleanup) is left as it is."""
-    if not spark.conf.isModifiable(SHUFFLE_CLEANUP):
+    files stay until the driver's garbage collector releases the shuffle, which may be
+    never (at 200M lines, 24 to 38 GB of deduplication shuffle stayed on disk beside the
+    checkpoint, and a forced collection did not remove it). Only for those: an action
+    repeated on a frame reuses its shuffle files, and would then recompute them. A
+    Spark Connect session is left as it is: its server has a cleanup setting of its own.
+    """
+    if type(spark).__module__.startswith("pyspark.sql.connect") or not spark.conf.isModifiable(SHUFFLE_CLEANUP):
         yield
         return
-    before = spark.conf.get(SHUFFLE_CLEANUP)
+    before = spark.conf.get(SHUFFLE_CLEANUP, None)  # None: not set, Spark's default applies
     spark.conf.set(SHUFFLE_CLEANUP, "true")
     try:
         yield
     finally:
-        spark.conf.set(SHUFFLE_CLEANUP, before)
+        if before is None:
+            spark.conf.unset(SHUFFLE_CLEANUP)
+        else:
+            spark.conf.set(SHUFFLE_CLEANUP, before)
