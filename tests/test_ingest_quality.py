@@ -17,6 +17,11 @@ from tests.conftest import make_config
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 HEADER = b"receipt_no,line_no,loyalty_id,sku,qty,unit_price,sold_at,store_id\n"
 GOOD = b"P1,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01\n"
+# What data_profile reads: ingest's flagged rows.
+PROFILE_INPUT = (
+    "source STRING, customer_id STRING, product_id STRING, quantity DOUBLE, unit_price DOUBLE, amount DOUBLE, "
+    "event_ts TIMESTAMP, txn_type STRING, is_extreme BOOLEAN, reason STRING, is_duplicate BOOLEAN"
+)
 
 
 def pos_only(tmp_path, *overrides):
@@ -157,10 +162,6 @@ def test_nearest_rank_quantiles_agree_with_percentile_approx_where_it_is_exact(s
 
 
 def test_data_profile_per_source_and_all(spark):
-    schema = (
-        "source STRING, customer_id STRING, product_id STRING, quantity DOUBLE, unit_price DOUBLE, amount DOUBLE, "
-        "event_ts TIMESTAMP, txn_type STRING, is_extreme BOOLEAN, reason STRING, is_duplicate BOOLEAN"
-    )
     t1, t2, t3 = (dt.datetime(2024, 1, d) for d in (1, 2, 3))
     rows = [
         ("pos", "a", "p", 1.0, 10.0, 10.0, t1, "purchase", False, None, False),
@@ -169,7 +170,7 @@ def test_data_profile_per_source_and_all(spark):
         ("web", "b", None, -1.0, 20.0, -20.0, t3, "return", False, None, False),
         ("web", "c", "q", 2.0, 10.0, 20.0, t2, "purchase", True, None, False),
     ]
-    profile = ingest.data_profile(spark.createDataFrame(rows, schema)).select(
+    profile = ingest.data_profile(spark.createDataFrame(rows, PROFILE_INPUT)).select(
         "source", "rows", "accepted", "quarantined", "null_rate_customer_id", "null_rate_product_id",
         "distinct_customers", "first_event_ts", "last_event_ts", "amount_p50", "return_share", "extreme_rows",
     )  # fmt: skip
@@ -187,10 +188,6 @@ def test_data_profile_per_source_and_all(spark):
 
 
 def test_data_profile_of_a_source_without_accepted_purchases(spark):
-    schema = (
-        "source STRING, customer_id STRING, product_id STRING, quantity DOUBLE, unit_price DOUBLE, amount DOUBLE, "
-        "event_ts TIMESTAMP, txn_type STRING, is_extreme BOOLEAN, reason STRING, is_duplicate BOOLEAN"
-    )
     t1 = dt.datetime(2024, 1, 1)
     rows = [
         ("pos", "a", "p", 1.0, 10.0, 10.0, t1, "purchase", False, None, False),
@@ -198,7 +195,7 @@ def test_data_profile_of_a_source_without_accepted_purchases(spark):
         ("app", None, "p", 1.0, 5.0, 5.0, t1, "purchase", False, "missing_customer_id", False),
         ("app", "c", "p", -1.0, 5.0, -5.0, t1, "return", False, None, False),  # accepted, not a purchase
     ]
-    profile = ingest.data_profile(spark.createDataFrame(rows, schema)).select(
+    profile = ingest.data_profile(spark.createDataFrame(rows, PROFILE_INPUT)).select(
         "source", "rows", "accepted", "quarantined", "distinct_customers", "amount_p01", "amount_p50", "amount_p99",
         "return_share",
     )  # fmt: skip
@@ -216,10 +213,6 @@ def test_data_profile_of_a_source_without_accepted_purchases(spark):
 
 
 def test_data_profile_counts_a_customer_of_two_sources_once_in_all(spark):
-    schema = (
-        "source STRING, customer_id STRING, product_id STRING, quantity DOUBLE, unit_price DOUBLE, amount DOUBLE, "
-        "event_ts TIMESTAMP, txn_type STRING, is_extreme BOOLEAN, reason STRING, is_duplicate BOOLEAN"
-    )
     t1 = dt.datetime(2024, 1, 1)
     rows = [
         ("pos", "a", "p", 1.0, 10.0, 10.0, t1, "purchase", False, None, False),
@@ -228,7 +221,7 @@ def test_data_profile_counts_a_customer_of_two_sources_once_in_all(spark):
         ("web", "c", "p", 1.0, 10.0, 10.0, t1, "purchase", False, "bad_quantity", False),  # quarantined
         ("app", None, "p", 1.0, 10.0, 10.0, t1, "purchase", False, "missing_customer_id", False),
     ]
-    profile = ingest.data_profile(spark.createDataFrame(rows, schema)).select("source", "distinct_customers")
+    profile = ingest.data_profile(spark.createDataFrame(rows, PROFILE_INPUT)).select("source", "distinct_customers")
     expected = spark.createDataFrame(
         [("pos", 1), ("web", 2), ("app", 0), ("ALL", 2)], "source STRING, distinct_customers LONG"
     )
