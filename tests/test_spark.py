@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from custseg.spark import (
     SHUFFLE_CLEANUP,
     MissingJarsError,
     delta_artifact,
+    garbage_collected_at_the_end,
     remote_url,
     session_conf,
     shuffle_files_removed,
@@ -94,3 +97,28 @@ def test_a_checkpoint_built_with_shuffle_files_removed_leaves_none_behind(spark)
         time.sleep(0.2)
     assert shuffle_files(spark) - before == set()
     assert kept.count() == 5000  # the checkpoint does not need them
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self  # freed only by the cyclic garbage collector
+
+
+def test_garbage_collector_paused_through_a_connect_job_and_collected_at_its_end(spark):
+    connect_session = type("SparkSession", (), {"__module__": "pyspark.sql.connect.session"})()
+    with garbage_collected_at_the_end(connect_session):
+        assert not gc.isenabled()
+        garbage = weakref.ref(_Cycle())
+        assert garbage() is not None  # unreachable, but kept until the end
+    assert gc.isenabled()
+    assert garbage() is None  # freed at the end
+
+
+def test_garbage_collector_resumes_when_a_connect_job_fails_and_is_left_alone_for_classic(spark):
+    connect_session = type("SparkSession", (), {"__module__": "pyspark.sql.connect.session"})()
+    with pytest.raises(ValueError, match="the job failed"), garbage_collected_at_the_end(connect_session):
+        assert not gc.isenabled()
+        raise ValueError("the job failed")
+    assert gc.isenabled()
+    with garbage_collected_at_the_end(spark):  # a classic session's calls go through py4j, not grpc
+        assert gc.isenabled()

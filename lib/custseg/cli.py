@@ -29,7 +29,7 @@ from custseg import columns as c
 from custseg.config import Config, ConfigError, load_config, redacted
 from custseg.evaluate import adjusted_rand_index
 from custseg.sources import SourceError
-from custseg.spark import MasterUnreachableError, MissingJarsError, get_spark
+from custseg.spark import MasterUnreachableError, MissingJarsError, garbage_collected_at_the_end, get_spark
 
 log = logging.getLogger("custseg")
 
@@ -257,10 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("custseg %s %s, run %s", __version__, args.command, run_id)
         log.info("effective config: %s", json.dumps(redacted(cfg), sort_keys=True))
         spark = get_spark(cfg.spark)
-        if args.command in COMPOSITE:
-            STAGES[args.command][0](spark, cfg, run_id)
-        else:
-            run_stage(args.command, spark, cfg, run_id)
+        with garbage_collected_at_the_end(spark):
+            if args.command in COMPOSITE:
+                STAGES[args.command][0](spark, cfg, run_id)
+            else:
+                run_stage(args.command, spark, cfg, run_id)
         return 0
     except USER_ERRORS as exc:
         log.error("%s", exc, exc_info=args.debug)

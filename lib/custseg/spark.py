@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -216,6 +217,35 @@ def _connect_session(cfg: SparkConfig, remote: str, origin: str) -> SparkSession
     return spark
 
 
+def is_connect(spark: SparkSession) -> bool:
+    """The session is a Spark Connect client, not a classic session."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+@contextlib.contextmanager
+def garbage_collected_at_the_end(spark: SparkSession) -> Iterator[None]:
+    """A Spark Connect client's job, with Python's cyclic garbage collector paused until
+    it ends (a classic session's is left as it is).
+
+    A fitted model's Python object asks the server to free its copy when it is freed. In
+    pyspark 4.2 the collector may free it inside another call to the server on the same
+    thread, and that request then waits on the call for good (SPARK-55020 and SPARK-57655
+    upstream; 4.2.0 has neither guard). Paused, the collector cannot interrupt a call.
+    The cycles a job leaves grow with its calls, not its rows, and are freed here at the
+    end, where no call is in flight.
+    """
+    if not is_connect(spark) or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        freed = gc.collect()
+        gc.enable()
+        log.info("garbage collector resumed after the Spark Connect job; it freed %d objects", freed)
+
+
 @contextlib.contextmanager
 def shuffle_files_removed(spark: SparkSession) -> Iterator[None]:
     """Queries built inside the block remove their shuffle files once they end.
@@ -227,7 +257,7 @@ def shuffle_files_removed(spark: SparkSession) -> Iterator[None]:
     repeated on a frame reuses its shuffle files, and would then recompute them. A
     Spark Connect session is left as it is: its server has a cleanup setting of its own.
     """
-    if type(spark).__module__.startswith("pyspark.sql.connect") or not spark.conf.isModifiable(SHUFFLE_CLEANUP):
+    if is_connect(spark) or not spark.conf.isModifiable(SHUFFLE_CLEANUP):
         yield
         return
     before = spark.conf.get(SHUFFLE_CLEANUP, None)  # None: not set, Spark's default applies
