@@ -104,7 +104,7 @@ class _Cycle:
         self.me = self  # freed only by the cyclic garbage collector
 
 
-def test_garbage_collector_paused_through_a_connect_job_and_collected_at_its_end(spark):
+def test_garbage_collector_paused_through_a_connect_job_and_collected_at_its_end():
     connect_session = type("SparkSession", (), {"__module__": "pyspark.sql.connect.session"})()
     with garbage_collected_at_the_end(connect_session):
         assert not gc.isenabled()
