@@ -70,10 +70,10 @@ def _hung(run: subprocess.Popen, log: Path) -> str:
     text = log.read_text()
     before, _, rest = text.partition("Full thread dump")
     jvm, _, python = rest.partition("Fatal Python error")
-    busy = [thread for thread in jvm.split("\n\n") if JVM_THREADS_SHOWN.search(thread)]
+    spark_threads = "\n".join(thread for thread in jvm.split("\n\n") if JVM_THREADS_SHOWN.search(thread))
     return (
         f"the Connect run did not end in {RUN_TIMEOUT}s. Its log ends:\n{before[-4000:]}\n"
-        f"Its JVM's Spark threads:\n{chr(10).join(busy)[-12000:]}\nIts Python threads:\nFatal Python error{python}"
+        f"Its JVM's Spark threads:\n{spark_threads[-12000:]}\nIts Python threads:\nFatal Python error{python}"
     )
 
 

@@ -99,14 +99,17 @@ def test_a_checkpoint_built_with_shuffle_files_removed_leaves_none_behind(spark)
     assert kept.count() == 5000  # the checkpoint does not need them
 
 
+# A stand-in for a Spark Connect session: what custseg.spark.is_connect looks at.
+_ConnectSession = type("SparkSession", (), {"__module__": "pyspark.sql.connect.session"})
+
+
 class _Cycle:
     def __init__(self) -> None:
         self.me = self  # freed only by the cyclic garbage collector
 
 
 def test_garbage_collector_paused_through_a_connect_job_and_collected_at_its_end():
-    connect_session = type("SparkSession", (), {"__module__": "pyspark.sql.connect.session"})()
-    with garbage_collected_at_the_end(connect_session):
+    with garbage_collected_at_the_end(_ConnectSession()):
         assert not gc.isenabled()
         garbage = weakref.ref(_Cycle())
         assert garbage() is not None  # unreachable, but kept until the end
@@ -115,8 +118,7 @@ def test_garbage_collector_paused_through_a_connect_job_and_collected_at_its_end
 
 
 def test_garbage_collector_resumes_when_a_connect_job_fails_and_is_left_alone_for_classic(spark):
-    connect_session = type("SparkSession", (), {"__module__": "pyspark.sql.connect.session"})()
-    with pytest.raises(ValueError, match="the job failed"), garbage_collected_at_the_end(connect_session):
+    with pytest.raises(ValueError, match="the job failed"), garbage_collected_at_the_end(_ConnectSession()):
         assert not gc.isenabled()
         raise ValueError("the job failed")
     assert gc.isenabled()
