@@ -174,6 +174,7 @@ def test_same_seed_gives_same_labels_whatever_the_input_partitioning(spark, tmp_
 
 def test_auto_fit_partitions_is_two_up_to_a_million_customers_then_one_per_500k():
     assert [model.auto_fit_partitions(n) for n in (0, 300, 1_000_000, 1_000_001, 5_000_000)] == [2, 2, 2, 3, 10]
+    assert [model.auto_fit_partitions(n, minimum=1) for n in (300, 500_000, 500_001)] == [1, 1, 2]
 
 
 def test_fit_inputs_use_configured_partitions_else_the_customer_count(spark, tmp_path):
@@ -349,3 +350,21 @@ def test_sweep_sample_is_laid_out_as_the_model_input(spark, tmp_path):
         assert prepared.sweep_vectors.rdd.getNumPartitions() == 3
     finally:
         prepared.unpersist()
+    # Unconfigured, a sample of up to 500,000 customers is one partition: one task per
+    # iteration, so the fits that run at once each keep one core busy.
+    prepared = model.prepare(feats, make_config(tmp_path, "segment.k_max=4", "segment.sweep_sample=60"))
+    try:
+        assert (prepared.sweep_vectors.rdd.getNumPartitions(), prepared.vectors.rdd.getNumPartitions()) == (1, 2)
+    finally:
+        prepared.unpersist()
+
+
+def test_kmeans_stops_once_no_centre_moves_more_than_kmeans_tol(spark, tmp_path):
+    vectors = VectorAssembler(inputCols=["x", "y"], outputCol=model.VECTOR).transform(
+        spark.range(400).selectExpr("rand(1) AS x", "rand(2) AS y").repartition(2)
+    )
+    strict = make_config(tmp_path, "segment.kmeans_tol=1e-12").segment
+    loose = dataclasses.replace(strict, kmeans_tol=10.0)  # farther than any point lies from any other
+
+    assert model.clusterer(loose, 4).fit(vectors).summary.numIter == 1
+    assert model.clusterer(strict, 4).fit(vectors).summary.numIter > 1

@@ -124,6 +124,9 @@ class SegmentConfig:
     silhouette_tolerance: float
     seed: int
     max_iter: int
+    # KMeans has converged when no centre moved more than this between two iterations,
+    # in the model input's units (standard deviations of the scaled features).
+    kmeans_tol: float
     # The model input is laid out in this many partitions, so labels do not depend on the
     # cluster; None: from the customer count (model.auto_fit_partitions).
     fit_partitions: int | None
@@ -134,7 +137,7 @@ class SegmentConfig:
     # Above this many customers, k is chosen on a sample of about this size, stratified
     # by RFM segment; the model of the chosen k is then fitted on every customer.
     sweep_sample: int | None = None  # None: the sweep fits every customer
-    sweep_parallelism: int = 1  # fits of the sweep that run at once, each from its own driver thread
+    sweep_parallelism: int = 2  # fits of the sweep that run at once, each from its own driver thread
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,7 @@ class Config:
             "segment.sweep_sample",
             f"must be at least 10 customers per segment of k_max ({10 * seg.k_max}), or null",
         )
+        check(seg.kmeans_tol > 0, "segment.kmeans_tol", "must be positive")
         check(seg.sweep_parallelism >= 1, "segment.sweep_parallelism", "must be at least 1")
         check(bool(seg.features), "segment.features", "must name at least one feature")
         known = [*MODEL_FEATURES, *self.attributes] if self.sources else list(self.attributes)
@@ -341,6 +345,7 @@ RESERVED_NAMES = (
 # --------------------------------------------------------------------------- loading
 
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:
@@ -513,6 +518,8 @@ def _coerce(tp: Any, value: Any, dotted: str, origins: Mapping[str, str]) -> Any
             raise fail("an integer")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 (PyYAML) reads 1e-4, with no dot, as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail("a number")
         return float(value)

@@ -232,7 +232,7 @@ def clusterer(cfg: SegmentConfig, k: int) -> Estimator:
         return BisectingKMeans(**common)
     if cfg.algorithm == "gaussian_mixture":  # soft, elliptical clusters; labels are the most likely
         return GaussianMixture(**common, probabilityCol="segment_probability")
-    return KMeans(**common, initMode="k-means||")
+    return KMeans(**common, initMode="k-means||", tol=cfg.kmeans_tol)
 
 
 def scored(model: Model, vectors: DataFrame, k: int) -> SweepPoint:
@@ -349,13 +349,15 @@ def relabel(mapping: dict[int, int]) -> Transformer:
     )
 
 
-def auto_fit_partitions(customers: int) -> int:
+def auto_fit_partitions(customers: int, minimum: int = 2) -> int:
     """The model input's partitions when ``segment.fit_partitions`` is not set: one per
-    ``FIT_PARTITION_CUSTOMERS`` customers, at least 2; a function of the data alone,
-    never of the cluster. Each KMeans iteration is a Spark job with a task per
+    ``FIT_PARTITION_CUSTOMERS`` customers, at least ``minimum``; a function of the data
+    alone, never of the cluster. Each KMeans iteration is a Spark job with a task per
     partition: below about a million customers its cost is scheduling, not arithmetic,
-    so fewer partitions make the sweep faster (2 against 8: 2-3x per fit at 25,000)."""
-    return max(2, math.ceil(customers / FIT_PARTITION_CUSTOMERS))
+    so fewer partitions make the sweep faster (2 against 8: 2-3x per fit at 25,000).
+    The sweep's sample takes ``minimum=1``: one task per iteration, and the fits that
+    run at once (``segment.sweep_parallelism``) share the cores."""
+    return max(minimum, math.ceil(customers / FIT_PARTITION_CUSTOMERS))
 
 
 def fit_inputs(features: DataFrame, cfg: Config, stratum: str | None = None) -> DataFrame:
@@ -470,7 +472,7 @@ def prepare(features: DataFrame, cfg: Config) -> Prepared:
         sample = (
             strata.transform(stratified_sample(seg.sweep_sample, customers, stratum or SWEEP_STRATUM, seg.seed))
             .select(c.CUSTOMER_ID, VECTOR, stratum or SWEEP_STRATUM)  # more than ``swept`` selects (see there)
-            .repartition(seg.fit_partitions or auto_fit_partitions(seg.sweep_sample), c.CUSTOMER_ID)
+            .repartition(seg.fit_partitions or auto_fit_partitions(seg.sweep_sample, minimum=1), c.CUSTOMER_ID)
             .sortWithinPartitions(c.CUSTOMER_ID)
             .persist(StorageLevel.MEMORY_AND_DISK)
         )

@@ -62,6 +62,7 @@ def segment_params(cfg: Config, result: Any, as_of: dt.date) -> dict[str, str]:
         "selection": "config" if seg.k else seg.selection,
         "seed": seg.seed,
         "max_iter": seg.max_iter,
+        "kmeans_tol": seg.kmeans_tol,
         "as_of_date": as_of.isoformat(),
         "model_version": result.model_version,
         "matched_to": result.matched_to,
