@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -129,40 +130,36 @@ def cluster_indices(predictions: DataFrame, features_col: str, prediction_col: s
     n = sum(sizes.values())
     k = len(clusters)
 
-    x = [F.col("_x")[d] for d in range(dim)]
-    norm = sum(v * v for v in x)
-    cluster = F.col("_cluster")
+    # The second pass is SQL text, numbers inlined exactly (repr round-trips): built as
+    # Columns it took a thousand or more calls into the JVM per k (a third of a second).
+    x = [f"_x[{d}]" for d in range(dim)]
+    norm = " + ".join(f"{v} * {v}" for v in x)
 
-    def own(values: dict[int, Column]) -> Column:
+    def own(values: dict[int, str]) -> str:
         """The value of the row's own cluster."""
-        chosen = F.lit(None).cast("double")
-        for cl in clusters:
-            chosen = F.when(cluster == cl, values[cl]).otherwise(chosen)
-        return chosen
+        return "CASE _cluster " + " ".join(f"WHEN {cl} THEN {values[cl]}" for cl in clusters) + " END"
+
+    def dot(centroid: Sequence[float]) -> str:
+        return " + ".join(f"{v} * {_double(m)}" for v, m in zip(x, centroid, strict=True))
+
+    def squared_distance(centroid: Sequence[float]) -> str:
+        return " + ".join(f"({v} - {_double(m)}) * ({v} - {_double(m)})" for v, m in zip(x, centroid, strict=True))
 
     # Mean squared distance from the row to the points of each cluster (itself included
     # in its own), from the cluster's sums alone, as MLlib computes it.
-    to_cluster = {
-        cl: norm
-        - 2.0 * sum(v * F.lit(m) for v, m in zip(x, centroids[cl], strict=True))
-        + F.lit(squares[cl] / sizes[cl])
-        for cl in clusters
-    }
+    to_cluster = {cl: f"{norm} - 2.0D * ({dot(centroids[cl])}) + {_double(squares[cl] / sizes[cl])}" for cl in clusters}
     distances = rows.select(
         "_cluster",
-        own({cl: sum((v - F.lit(m)) * (v - F.lit(m)) for v, m in zip(x, centroids[cl], strict=True))
-             for cl in clusters}).alias("_e"),
-        *[to_cluster[cl].alias(f"_d{cl}") for cl in clusters],
-    )  # fmt: skip
-    size = own({cl: F.lit(sizes[cl]) for cl in clusters})
+        F.expr(own({cl: squared_distance(centroids[cl]) for cl in clusters})).alias("_e"),
+        *[F.expr(to_cluster[cl]).alias(f"_d{cl}") for cl in clusters],
+    )
+    size = own({cl: _double(sizes[cl]) for cl in clusters})
     # try_divide: ANSI mode fails a division by zero even in a branch that is not taken
-    a = F.try_divide(own({cl: F.col(f"_d{cl}") for cl in clusters}) * size, size - 1)
-    b = F.least(*[F.when(cluster != cl, F.col(f"_d{cl}")) for cl in clusters]) if k > 1 else F.lit(None)
+    a = f"try_divide({own({cl: f'_d{cl}' for cl in clusters})} * {size}, {size} - 1.0D)"
+    b = "least(" + ", ".join(f"CASE WHEN _cluster != {cl} THEN _d{cl} END" for cl in clusters) + ")" if k > 1 else "NULL"
     point_silhouette = (
-        F.when(size == 1, F.lit(0.0))
-        .when(a < b, 1 - F.try_divide(a, b))
-        .when(a > b, F.try_divide(b, a) - 1)
-        .otherwise(F.lit(0.0))
+        f"CASE WHEN {size} = 1.0D THEN 0.0D WHEN {a} < {b} THEN 1.0D - try_divide({a}, {b}) "
+        f"WHEN {a} > {b} THEN try_divide({b}, {a}) - 1.0D ELSE 0.0D END"
     )
     spread = {
         r["_cluster"]: r
@@ -170,7 +167,7 @@ def cluster_indices(predictions: DataFrame, features_col: str, prediction_col: s
         .agg(
             F.sum("_e").alias("_w"),
             F.avg(F.sqrt("_e")).alias("_s"),
-            F.sum(point_silhouette).alias("_silhouette"),
+            F.sum(F.expr(point_silhouette)).alias("_silhouette"),
         )
         .collect()
     }  # k rows
@@ -192,6 +189,13 @@ def cluster_indices(predictions: DataFrame, features_col: str, prediction_col: s
         clusters=k,
         silhouette=sum(spread[cl]["_silhouette"] for cl in clusters) / n if k >= 2 else float("nan"),
     )
+
+
+def _double(value: float) -> str:
+    """``value`` as an exact SQL double literal."""
+    if not math.isfinite(value):
+        raise ValueError(f"cluster statistics must be finite, got {value}")
+    return f"({value!r}D)"
 
 
 def _davies_bouldin(centroids: dict[int, list[float]], spread: dict[int, tuple[float, float]]) -> float:
