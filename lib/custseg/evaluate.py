@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 
@@ -156,7 +156,8 @@ def cluster_indices(predictions: DataFrame, features_col: str, prediction_col: s
     size = own({cl: _double(sizes[cl]) for cl in clusters})
     # try_divide: ANSI mode fails a division by zero even in a branch that is not taken
     a = f"try_divide({own({cl: f'_d{cl}' for cl in clusters})} * {size}, {size} - 1.0D)"
-    b = "least(" + ", ".join(f"CASE WHEN _cluster != {cl} THEN _d{cl} END" for cl in clusters) + ")" if k > 1 else "NULL"
+    others = ", ".join(f"CASE WHEN _cluster != {cl} THEN _d{cl} END" for cl in clusters)
+    b = f"least({others})" if k > 1 else "NULL"
     point_silhouette = (
         f"CASE WHEN {size} = 1.0D THEN 0.0D WHEN {a} < {b} THEN 1.0D - try_divide({a}, {b}) "
         f"WHEN {a} > {b} THEN try_divide({b}, {a}) - 1.0D ELSE 0.0D END"
