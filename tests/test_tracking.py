@@ -63,6 +63,7 @@ def test_segment_run_logs_params_metrics_sweep_model_and_report(spark, tmp_path,
     assert run.data.tags[tracking.RUN_TAG] == "r1"
     assert run.data.params["k"] == str(result.k) == "3"
     assert run.data.params["features"] == "recency_days,frequency,monetary,avg_order_value"
+    assert run.data.params["kmeans_tol"] == "0.003"  # the model's stopping rule, as configured
     chosen = next(p for p in result.sweep if p.k == 3)
     assert math.isclose(run.data.metrics["silhouette"], chosen.silhouette, rel_tol=1e-12)
     wcss = client.get_metric_history(run_id, "sweep_wcss")
