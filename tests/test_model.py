@@ -177,14 +177,20 @@ def test_auto_fit_partitions_is_two_up_to_a_million_customers_then_one_per_500k(
     assert [model.auto_fit_partitions(n, minimum=1) for n in (300, 500_000, 500_001)] == [1, 1, 2]
 
 
-def test_fit_inputs_use_configured_partitions_else_the_customer_count(spark, tmp_path):
+def test_fit_inputs_use_configured_partitions_else_the_customer_count_and_the_sweep(spark, tmp_path):
     feats = spark.range(300).selectExpr(
         "CAST(id AS STRING) AS customer_id", "1 AS recency_days", "2L AS frequency", "3D AS monetary",
         "4D AS avg_order_value",
     )  # fmt: skip
-    auto = model.fit_inputs(feats, make_config(tmp_path))
-    fixed = model.fit_inputs(feats, make_config(tmp_path, "segment.fit_partitions=5"))
-    assert (auto.rdd.getNumPartitions(), fixed.rdd.getNumPartitions()) == (2, 5)
+
+    def partitions(*settings: str) -> int:
+        return model.fit_inputs(feats, make_config(tmp_path, *settings)).rdd.getNumPartitions()
+
+    assert partitions("segment.fit_partitions=5") == 5
+    assert partitions() == 1  # the sweep fits all 300: one task per iteration, fits at once
+    assert partitions("segment.k=3") == 2  # one fit, alone
+    assert partitions("segment.sweep_sample=100") == 2  # the sweep fits a sample; the final fit runs alone
+    assert partitions("segment.sweep_sample=null") == 1
 
 
 def noisy_blobs(spark):

@@ -355,18 +355,29 @@ def auto_fit_partitions(customers: int, minimum: int = 2) -> int:
     alone, never of the cluster. Each KMeans iteration is a Spark job with a task per
     partition: below about a million customers its cost is scheduling, not arithmetic,
     so fewer partitions make the sweep faster (2 against 8: 2-3x per fit at 25,000).
-    The sweep's sample takes ``minimum=1``: one task per iteration, and the fits that
-    run at once (``segment.sweep_parallelism``) share the cores."""
+    What the sweep fits takes ``minimum=1``: one task per iteration, and the fits that
+    run at once (``segment.sweep_parallelism``) share the cores. A fit that runs alone
+    (a fixed k, or the chosen k refitted on everyone after a sampled sweep) takes 2."""
     return max(minimum, math.ceil(customers / FIT_PARTITION_CUSTOMERS))
+
+
+def sweeps_everyone(customers: int, seg: SegmentConfig) -> bool:
+    """Whether the k sweep fits all ``customers``: k is not fixed, and there is no
+    sample to fit instead (sampling off, or no more customers than the sample)."""
+    return not seg.k and not (seg.sweep_sample and customers > seg.sweep_sample)
 
 
 def fit_inputs(features: DataFrame, cfg: Config, stratum: str | None = None) -> DataFrame:
     """The model inputs laid out the same way whatever the cluster: k-means|| samples
     per partition, so the same seed gives the same labels only on the same layout.
     Without ``segment.fit_partitions`` the layout depends on how many rows ``features``
-    has (one count). A ``stratum`` column of ``features`` comes along as it is."""
+    has (one count), and on whether the sweep fits them all. A ``stratum`` column of
+    ``features`` comes along as it is."""
     seg = cfg.segment
-    partitions = seg.fit_partitions or auto_fit_partitions(features.count())
+    partitions = seg.fit_partitions
+    if not partitions:
+        customers = features.count()
+        partitions = auto_fit_partitions(customers, minimum=1 if sweeps_everyone(customers, seg) else 2)
     return (
         features.transform(model_inputs(seg.features, categorical_features(cfg), [stratum] if stratum else []))
         .repartition(partitions, c.CUSTOMER_ID)
