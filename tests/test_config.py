@@ -51,8 +51,9 @@ def test_load_config_reads_a_number_in_exponent_form_without_a_dot():
     # YAML 1.1, as PyYAML reads it, has 1e-4 a string and 1.0e-4 a number
     assert load_config([BASE], ["segment.kmeans_tol=1e-4"]).segment.kmeans_tol == 1e-4
     assert load_config([BASE], ["segment.kmeans_tol=2.5E+1"]).segment.kmeans_tol == 25.0
-    with pytest.raises(ConfigError, match=r"--set: segment\.kmeans_tol: expected a number, got 'e-4'"):
-        load_config([BASE], ["segment.kmeans_tol=e-4"])
+    for text in ("e-4", "1e400", "\u0661e-4"):  # not a number, not finite, not ASCII digits
+        with pytest.raises(ConfigError, match=r"--set: segment\.kmeans_tol: expected a number"):
+            load_config([BASE], [f"segment.kmeans_tol={text}"])
 
 
 def test_load_config_validates_ranges():
@@ -133,7 +134,8 @@ def test_load_config_rfm_cut_points_must_fit_the_bins(tmp_path):
         ("segment.pca_variance=0.9", r"segment\.pca_variance: set pca_variance or pca_components, not both"),
         ("features.cap_quantile=1.5", r"features\.cap_quantile: must be in \[0\.5, 1\)"),
         ("stability.threshold=0", r"stability\.threshold: must be in \(0, 1\]"),
-        ("segment.kmeans_tol=0", r"segment\.kmeans_tol: must be positive"),
+        ("segment.kmeans_tol=0", r"segment\.kmeans_tol: must be positive and finite"),
+        ("segment.kmeans_tol=.inf", r"segment\.kmeans_tol: must be positive and finite"),
     ],
 )
 def test_load_config_rejects_impossible_modelling_settings(setting, message):

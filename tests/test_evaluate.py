@@ -72,6 +72,27 @@ def test_cluster_indices_match_scikit_learn(spark):
     assert got.davies_bouldin == pytest.approx(davies_bouldin_score(x, labels), rel=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1e-7, 1e6])
+def test_cluster_indices_hold_at_scales_whose_centroids_print_in_exponent_form(spark, scale):
+    # The second pass inlines the centroids as SQL literals: 1e-08D, 1.5e+06D, negative
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
+    x, labels = _points()
+    x = (x - x.mean(axis=0)) * scale
+    got = cluster_indices(_frame(spark, x, labels), "features", "cluster")
+    assert got.calinski_harabasz == pytest.approx(calinski_harabasz_score(x, labels), rel=1e-6)
+    assert got.davies_bouldin == pytest.approx(davies_bouldin_score(x, labels), rel=1e-6)
+    assert got.silhouette == pytest.approx(silhouette_score(x, labels, metric="sqeuclidean"), abs=1e-9)
+
+
+def test_sql_double_literal_is_exact_and_refuses_non_finite_values():
+    from custseg.evaluate import _double
+
+    assert [_double(v) for v in (1e-05, -2.5, 3.0)] == ["(1e-05D)", "(-2.5D)", "(3.0D)"]
+    with pytest.raises(ValueError, match="cluster statistics must be finite, got nan"):
+        _double(float("nan"))
+
+
 def _frame(spark, x, labels):
     from pyspark.ml.functions import array_to_vector
 

@@ -172,7 +172,7 @@ def test_same_seed_gives_same_labels_whatever_the_input_partitioning(spark, tmp_
     assert_df_equality(first, second, ignore_row_order=True)
 
 
-def test_auto_fit_partitions_is_two_up_to_a_million_customers_then_one_per_500k():
+def test_auto_fit_partitions_is_one_per_500k_customers_and_at_least_the_minimum():
     assert [model.auto_fit_partitions(n) for n in (0, 300, 1_000_000, 1_000_001, 5_000_000)] == [2, 2, 2, 3, 10]
     assert [model.auto_fit_partitions(n, minimum=1) for n in (300, 500_000, 500_001)] == [1, 1, 2]
 
@@ -191,6 +191,18 @@ def test_fit_inputs_use_configured_partitions_else_the_customer_count_and_the_sw
     assert partitions("segment.k=3") == 2  # one fit, alone
     assert partitions("segment.sweep_sample=100") == 2  # the sweep fits a sample; the final fit runs alone
     assert partitions("segment.sweep_sample=null") == 1
+    assert partitions("segment.sweep_sample=null", "segment.k=3") == 2
+
+
+def test_fit_inputs_count_only_customers_the_model_can_place(spark, tmp_path):
+    # 300 rows, 100 of them without a purchase (no recency): 200 customers to fit, so a
+    # sample of 250 is not needed, the sweep fits everyone, and in one partition.
+    feats = spark.range(300).selectExpr(
+        "CAST(id AS STRING) AS customer_id", "IF(id < 100, NULL, 1) AS recency_days", "2L AS frequency",
+        "3D AS monetary", "4D AS avg_order_value",
+    )  # fmt: skip
+    inputs = model.fit_inputs(feats, make_config(tmp_path, "segment.sweep_sample=250"))
+    assert (inputs.count(), inputs.rdd.getNumPartitions()) == (200, 1)
 
 
 def noisy_blobs(spark):

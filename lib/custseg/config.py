@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import math
 import os
 import re
 import types
@@ -204,7 +205,7 @@ class Config:
             "segment.sweep_sample",
             f"must be at least 10 customers per segment of k_max ({10 * seg.k_max}), or null",
         )
-        check(seg.kmeans_tol > 0, "segment.kmeans_tol", "must be positive")
+        check(0 < seg.kmeans_tol < math.inf, "segment.kmeans_tol", "must be positive and finite")
         check(seg.sweep_parallelism >= 1, "segment.sweep_parallelism", "must be at least 1")
         check(bool(seg.features), "segment.features", "must name at least one feature")
         known = [*MODEL_FEATURES, *self.attributes] if self.sources else list(self.attributes)
@@ -345,7 +346,7 @@ RESERVED_NAMES = (
 # --------------------------------------------------------------------------- loading
 
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
-_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+_EXPONENT_NUMBER = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
 
 
 def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:
@@ -518,8 +519,9 @@ def _coerce(tp: Any, value: Any, dotted: str, origins: Mapping[str, str]) -> Any
             raise fail("an integer")
         return value
     if tp is float:
-        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 (PyYAML) reads 1e-4, with no dot, as a string
+        # YAML 1.1 (PyYAML) reads 1e-4, with no dot, as a string; other strings stay errors
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()) and math.isfinite(float(value)):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail("a number")
         return float(value)

@@ -254,8 +254,8 @@ def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dic
     for every algorithm).
 
     ``cfg.sweep_parallelism`` fits run at once, each from its own driver thread, as
-    ``CrossValidator``'s ``parallelism`` does: for a cluster with more cores than one
-    fit's tasks use (on 2 local cores it gains nothing). Each fit is seeded and reads
+    ``CrossValidator``'s ``parallelism`` does: what the sweep fits is one partition up
+    to 500,000 customers, so each fit keeps one core busy. Each fit is seeded and reads
     the same input, so its model does not depend on what runs beside it."""
     ks = [cfg.k] if cfg.k else list(range(cfg.k_min, cfg.k_max + 1))
     steps = progress.Steps("k sweep", len(ks))
@@ -370,19 +370,17 @@ def sweeps_everyone(customers: int, seg: SegmentConfig) -> bool:
 def fit_inputs(features: DataFrame, cfg: Config, stratum: str | None = None) -> DataFrame:
     """The model inputs laid out the same way whatever the cluster: k-means|| samples
     per partition, so the same seed gives the same labels only on the same layout.
-    Without ``segment.fit_partitions`` the layout depends on how many rows ``features``
-    has (one count), and on whether the sweep fits them all. A ``stratum`` column of
-    ``features`` comes along as it is."""
+    Without ``segment.fit_partitions`` the layout depends on how many customers have
+    every model feature (one count, the one ``prepare`` decides to sample by), and on
+    whether the sweep fits them all. A ``stratum`` column of ``features`` comes along
+    as it is."""
     seg = cfg.segment
+    inputs = features.transform(model_inputs(seg.features, categorical_features(cfg), [stratum] if stratum else []))
     partitions = seg.fit_partitions
     if not partitions:
-        customers = features.count()
+        customers = inputs.count()
         partitions = auto_fit_partitions(customers, minimum=1 if sweeps_everyone(customers, seg) else 2)
-    return (
-        features.transform(model_inputs(seg.features, categorical_features(cfg), [stratum] if stratum else []))
-        .repartition(partitions, c.CUSTOMER_ID)
-        .sortWithinPartitions(c.CUSTOMER_ID)
-    )
+    return inputs.repartition(partitions, c.CUSTOMER_ID).sortWithinPartitions(c.CUSTOMER_ID)
 
 
 def stratified_sample(size: int, total: int, stratum: str, seed: int) -> Callable[[DataFrame], DataFrame]:
