@@ -361,10 +361,10 @@ def auto_fit_partitions(customers: int, minimum: int = 2) -> int:
     return max(minimum, math.ceil(customers / FIT_PARTITION_CUSTOMERS))
 
 
-def sweeps_everyone(customers: int, seg: SegmentConfig) -> bool:
-    """Whether the k sweep fits all ``customers``: k is not fixed, and there is no
-    sample to fit instead (sampling off, or no more customers than the sample)."""
-    return not seg.k and not (seg.sweep_sample and customers > seg.sweep_sample)
+def sweeps_a_sample(customers: int, seg: SegmentConfig) -> bool:
+    """Whether the k sweep fits a sample of ``customers`` (then the chosen k is refitted
+    on all of them): k is not fixed, and there are more customers than the sample."""
+    return bool(not seg.k and seg.sweep_sample and customers > seg.sweep_sample)
 
 
 def fit_inputs(features: DataFrame, cfg: Config, stratum: str | None = None) -> DataFrame:
@@ -379,7 +379,8 @@ def fit_inputs(features: DataFrame, cfg: Config, stratum: str | None = None) -> 
     partitions = seg.fit_partitions
     if not partitions:
         customers = inputs.count()
-        partitions = auto_fit_partitions(customers, minimum=1 if sweeps_everyone(customers, seg) else 2)
+        runs_alone = seg.k or sweeps_a_sample(customers, seg)  # else the sweep fits them all, fits at once
+        partitions = auto_fit_partitions(customers, minimum=2 if runs_alone else 1)
     return inputs.repartition(partitions, c.CUSTOMER_ID).sortWithinPartitions(c.CUSTOMER_ID)
 
 
@@ -470,7 +471,7 @@ def prepare(features: DataFrame, cfg: Config) -> Prepared:
         vectors.unpersist()
         raise ValueError(f"only {customers} customers have every model feature; at least {seg.k_min} needed")
     sample, sampled = None, customers
-    if sampling and customers > seg.sweep_sample:
+    if sweeps_a_sample(customers, seg):
         strata = (
             vectors
             if stratum
