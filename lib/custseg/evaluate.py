@@ -153,18 +153,23 @@ def cluster_indices(predictions: DataFrame, features_col: str, prediction_col: s
         F.expr(own({cl: squared_distance(centroids[cl]) for cl in clusters})).alias("_e"),
         *[F.expr(to_cluster[cl]).alias(f"_d{cl}") for cl in clusters],
     )
-    size = own({cl: _double(sizes[cl]) for cl in clusters})
+    # a: mean squared distance to the rest of its own cluster; b: to the nearest other.
     # try_divide: ANSI mode fails a division by zero even in a branch that is not taken
-    a = f"try_divide({own({cl: f'_d{cl}' for cl in clusters})} * {size}, {size} - 1.0D)"
     others = ", ".join(f"CASE WHEN _cluster != {cl} THEN _d{cl} END" for cl in clusters)
-    b = f"least({others})" if k > 1 else "NULL"
+    silhouettes = distances.select(
+        "_cluster",
+        "_e",
+        F.expr(own({cl: _double(sizes[cl]) for cl in clusters})).alias("_size"),
+        F.expr(own({cl: f"_d{cl}" for cl in clusters})).alias("_own"),
+        F.expr(f"least({others})" if k > 1 else "CAST(NULL AS DOUBLE)").alias("_b"),
+    ).withColumn("_a", F.expr("try_divide(_own * _size, _size - 1.0D)"))
     point_silhouette = (
-        f"CASE WHEN {size} = 1.0D THEN 0.0D WHEN {a} < {b} THEN 1.0D - try_divide({a}, {b}) "
-        f"WHEN {a} > {b} THEN try_divide({b}, {a}) - 1.0D ELSE 0.0D END"
+        "CASE WHEN _size = 1.0D THEN 0.0D WHEN _a < _b THEN 1.0D - try_divide(_a, _b) "
+        "WHEN _a > _b THEN try_divide(_b, _a) - 1.0D ELSE 0.0D END"
     )
     spread = {
         r["_cluster"]: r
-        for r in distances.groupBy("_cluster")
+        for r in silhouettes.groupBy("_cluster")
         .agg(
             F.sum("_e").alias("_w"),
             F.avg(F.sqrt("_e")).alias("_s"),
