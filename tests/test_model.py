@@ -4,6 +4,7 @@ import dataclasses
 import logging
 import math
 
+import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
@@ -355,7 +356,39 @@ def test_sweep_fits_at_once_give_the_same_points_and_models_in_k_order(spark, tm
     for k, fitted in models_three.items():
         assert [list(c) for c in fitted.clusterCenters()] == [list(c) for c in models_one[k].clusterCenters()]
     steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("k sweep ")]
-    assert [m.split(":")[0] for m in steps] == [f"k sweep {i}/5" for i in range(1, 6)]
+    assert [m.split(":")[0] for m in steps] == [f"k sweep {i}/15" for i in range(1, 16)]  # 5 ks x 3 restarts
+
+
+def test_restart_seeds_start_with_the_fits_own_seed():
+    assert model.restart_seeds(42, 3) == [42, 42 + model.RESTART_STRIDE, 42 + 2 * model.RESTART_STRIDE]
+    assert model.restart_seeds(7, 1) == [7]
+
+
+def test_restarted_fit_keeps_the_restart_with_the_lowest_wcss(spark, tmp_path):
+    # Structureless data: each seed's k-means|| lands in its own local optimum.
+    vectors = VectorAssembler(inputCols=["x", "y"], outputCol=model.VECTOR).transform(
+        spark.range(400).selectExpr("rand(1) AS x", "rand(2) AS y").repartition(1)
+    ).cache()
+    seg = make_config(tmp_path, "segment.restarts=4", "segment.kmeans_tol=1e-9").segment
+    singles = [model.clusterer(dataclasses.replace(seg, seed=s), 7).fit(vectors) for s in model.restart_seeds(42, 4)]
+    costs = [model.objective(m) for m in singles]
+    assert len({round(cost, 9) for cost in costs}) > 1  # the restarts disagree, so the choice matters
+    best = model.Restarted(seg, 7).fit(vectors)
+    assert model.objective(best) == min(costs)
+    winner = singles[costs.index(min(costs))]
+    assert [list(c) for c in best.clusterCenters()] == [list(c) for c in winner.clusterCenters()]
+    assert model.objective(best) == pytest.approx(model.scored(best, vectors, 7).wcss, rel=1e-9)
+    vectors.unpersist()
+
+
+def test_best_fit_ties_go_to_the_earlier_restart(spark, tmp_path):
+    vectors = VectorAssembler(inputCols=["x"], outputCol=model.VECTOR).transform(
+        spark.createDataFrame([(0.0,), (0.1,), (5.0,), (5.1,)], "x DOUBLE")
+    )
+    seg = make_config(tmp_path).segment
+    first, second = (model.clusterer(dataclasses.replace(seg, seed=s), 2).fit(vectors) for s in (1, 2))
+    assert model.objective(first) == pytest.approx(model.objective(second))
+    assert model.best_fit([(1, second), (0, first)]) is first
 
 
 def test_sweep_sample_is_laid_out_as_the_model_input(spark, tmp_path):

@@ -121,7 +121,7 @@ class SegmentConfig:
     k_min: int
     k_max: int
     k: int | None  # fixed k; None: chosen from the sweep by `selection`
-    selection: Literal["silhouette", "elbow"]
+    selection: Literal["guarded", "silhouette", "elbow"]
     silhouette_tolerance: float
     seed: int
     max_iter: int
@@ -139,6 +139,18 @@ class SegmentConfig:
     # by RFM segment; the model of the chosen k is then fitted on every customer.
     sweep_sample: int | None = None  # None: the sweep fits every customer
     sweep_parallelism: int = 2  # fits of the sweep that run at once, each from its own driver thread
+    # Each k is fitted from this many seeds (segment.seed and seeds derived from it) and
+    # the fit with the lowest objective is kept, as scikit-learn's n_init.
+    restarts: int = 3
+    # The guarded rule's guard rails (selection.py): no segment below this share of the
+    # customers, and every segment's bootstrap Jaccard at least stability.threshold over
+    # this many refits of the k (0: no stability guard).
+    min_segment_share: float = 0.05
+    selection_bootstrap: int = 3
+    # Without clear cluster structure (the best silhouette below structure_silhouette),
+    # the guarded rule takes the largest k of this range that passes the guard rails.
+    business_k: list[int] = field(default_factory=lambda: [3, 6])
+    structure_silhouette: float = 0.7
 
 
 @dataclass(frozen=True)
@@ -207,6 +219,15 @@ class Config:
         )
         check(0 < seg.kmeans_tol < math.inf, "segment.kmeans_tol", "must be positive and finite")
         check(seg.sweep_parallelism >= 1, "segment.sweep_parallelism", "must be at least 1")
+        check(seg.restarts >= 1, "segment.restarts", "must be at least 1")
+        check(0 <= seg.min_segment_share < 0.5, "segment.min_segment_share", "must be in [0, 0.5)")
+        check(seg.selection_bootstrap >= 0, "segment.selection_bootstrap", "must be 0 or more")
+        check(-1 <= seg.structure_silhouette <= 1, "segment.structure_silhouette", "must be in [-1, 1]")
+        lo_hi = seg.business_k
+        check(len(lo_hi) == 2 and 2 <= lo_hi[0] <= lo_hi[1], "segment.business_k",
+              f"must be [lowest, highest] with 2 <= lowest <= highest, got {lo_hi}")  # fmt: skip
+        check(len(lo_hi) != 2 or (lo_hi[0] <= seg.k_max and lo_hi[1] >= seg.k_min), "segment.business_k",
+              f"{lo_hi} does not overlap the sweep's range [{seg.k_min}, {seg.k_max}] (k_min, k_max)")  # fmt: skip
         check(bool(seg.features), "segment.features", "must name at least one feature")
         known = [*MODEL_FEATURES, *self.attributes] if self.sources else list(self.attributes)
         unknown = sorted(set(seg.features) - set(known))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
@@ -18,6 +18,7 @@ class SweepPoint:
     silhouette: float
     calinski_harabasz: float | None = None
     davies_bouldin: float | None = None
+    smallest_share: float | None = None  # the smallest segment's share of the customers (0: one is empty)
 
 
 def elbow_k(points: Sequence[SweepPoint]) -> int:
@@ -92,6 +93,12 @@ class ClusterIndices:
     davies_bouldin: float  # mean worst-case similarity of a cluster to another: lower is better
     clusters: int = 0  # non-empty clusters (a Gaussian mixture can leave components empty)
     silhouette: float = float("nan")  # mean squared-Euclidean silhouette, as MLlib's; nan below 2 clusters
+    sizes: dict[int, int] = field(default_factory=dict)  # cluster -> points, non-empty clusters only
+
+    def smallest_share(self, k: int) -> float:
+        """The smallest of ``k`` clusters' share of the points (0 when one is empty)."""
+        total = sum(self.sizes.values())
+        return min(self.sizes.get(cluster, 0) for cluster in range(k)) / total if total else 0.0
 
 
 def cluster_indices(predictions: DataFrame, features_col: str, prediction_col: str) -> ClusterIndices:
@@ -194,6 +201,7 @@ def cluster_indices(predictions: DataFrame, features_col: str, prediction_col: s
         davies_bouldin=davies_bouldin,
         clusters=k,
         silhouette=sum(spread[cl]["_silhouette"] for cl in clusters) / n if k >= 2 else float("nan"),
+        sizes=dict(sizes),
     )
 
 

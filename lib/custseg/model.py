@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
 from pyspark.ml import Estimator, Model, Pipeline, PipelineModel, Transformer
-from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
+from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, GaussianMixtureModel, KMeans
 from pyspark.ml.feature import (
     PCA,
     OneHotEncoder,
@@ -33,9 +33,9 @@ from pyspark.sql import DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
 from custseg import columns as c
-from custseg import history, io, progress, stability, tracking
+from custseg import history, io, progress, selection, stability, tracking
 from custseg.config import Config, ConfigError, SegmentConfig
-from custseg.evaluate import SweepPoint, choose_k, cluster_indices
+from custseg.evaluate import SweepPoint, cluster_indices
 from custseg.matching import assign
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,14 @@ PREDICTION = c.PREDICTION
 VECTOR = c.VECTOR
 SCALED = "scaled"
 FIT_PARTITION_CUSTOMERS = 500_000  # customers per partition of the model input, unless configured
+# Restart i of a fit seeded s is seeded s + i x this: a prime, so nearby seeds share no restart.
+RESTART_STRIDE = 1_000_003
 
 LABEL_COLUMNS = (c.CUSTOMER_ID, c.SEGMENT_ID, c.K, c.RUN_ID, c.AS_OF_DATE, c.MODEL_VERSION)
 SWEEP_SCHEMA = (
     "run_id STRING, as_of_date DATE, algorithm STRING, k INT, wcss DOUBLE, silhouette DOUBLE, "
     "calinski_harabasz DOUBLE, davies_bouldin DOUBLE, chosen BOOLEAN, rule STRING, model_version STRING, "
-    "customers LONG"
+    "customers LONG, smallest_share DOUBLE, stability DOUBLE, structure STRING, reason STRING"
 )
 SWEEP_STRATUM = "rfm_segment"  # the features' named RFM segment (features.rfm_segments)
 HASH_STRATA = 16  # without RFM segments: strata of customers by hash, a uniform sample
@@ -69,6 +71,7 @@ class SegmentResult:
     matched_to: str | None = None  # the previous model whose segment ids were kept
     sweep_customers: int = 0  # customers the k sweep fitted: all, or the stratified sample
     final: SweepPoint | None = None  # the chosen model's indices on every customer
+    choice: selection.Choice | None = None  # how k was chosen, and why
 
     @property
     def chosen(self) -> SweepPoint:
@@ -237,7 +240,8 @@ def clusterer(cfg: SegmentConfig, k: int) -> Estimator:
 
 def scored(model: Model, vectors: DataFrame, k: int) -> SweepPoint:
     """The fitted model's indices over ``vectors``: WCSS, silhouette (nan with fewer
-    than two non-empty clusters), Calinski-Harabasz and Davies-Bouldin."""
+    than two non-empty clusters), Calinski-Harabasz, Davies-Bouldin and the smallest
+    segment's share of the customers."""
     indices = cluster_indices(model.transform(vectors), VECTOR, PREDICTION)
     return SweepPoint(
         k=k,
@@ -245,35 +249,124 @@ def scored(model: Model, vectors: DataFrame, k: int) -> SweepPoint:
         silhouette=indices.silhouette,
         calinski_harabasz=indices.calinski_harabasz,
         davies_bouldin=indices.davies_bouldin,
+        smallest_share=indices.smallest_share(k),
     )
 
 
+def restart_seeds(seed: int, restarts: int) -> list[int]:
+    """The seeds of a fit's restarts: its own seed first, then seeds derived from it."""
+    return [seed + RESTART_STRIDE * i for i in range(restarts)]
+
+
+def objective(model: Model) -> float:
+    """What a restart minimises, from the fit's own summary (no pass over the data):
+    the within-cluster sum of squares for (bisecting) k-means, minus the
+    log-likelihood for a Gaussian mixture."""
+    if isinstance(model, GaussianMixtureModel):
+        return -float(model.summary.logLikelihood)
+    return float(model.summary.trainingCost)
+
+
+def best_fit(fits: Sequence[tuple[int, Model]]) -> Model:
+    """The (restart, model) pair with the lowest objective; ties go to the earlier restart."""
+    return min(((objective(model), restart, model) for restart, model in fits), key=lambda t: t[:2])[2]
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """The configured clusterer for ``k``, fitted from ``seg.restarts`` seeds derived from
+    ``seg.seed``; ``fit`` keeps the model with the lowest objective, as scikit-learn's
+    ``n_init``. k-means|| from one seed can settle in a poor local optimum even on data
+    with obvious groups; the best of a few is what the stability check should measure."""
+
+    seg: SegmentConfig
+    k: int
+
+    def fit(self, vectors: DataFrame) -> Model:
+        seeds = restart_seeds(self.seg.seed, self.seg.restarts)
+
+        def one(restart: int) -> tuple[int, Model]:
+            return restart, clusterer(dataclasses.replace(self.seg, seed=seeds[restart]), self.k).fit(vectors)
+
+        if len(seeds) == 1:
+            return one(0)[1]
+        workers = min(self.seg.sweep_parallelism, len(seeds))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restart") as pool:
+            return best_fit(list(pool.map(one, range(len(seeds)))))
+
+
 def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dict[int, Model]]:
-    """Fit the clusterer for every k in [k_min, k_max] (or just the fixed k) and score
-    each: WCSS, silhouette, Calinski-Harabasz and Davies-Bouldin (same definitions
-    for every algorithm).
+    """Fit the clusterer for every k in [k_min, k_max] (or just the fixed k) from
+    ``cfg.restarts`` seeds, keep each k's best fit (``Restarted``), and score it: WCSS,
+    silhouette, Calinski-Harabasz, Davies-Bouldin and the smallest segment's share
+    (same definitions for every algorithm).
 
     ``cfg.sweep_parallelism`` fits run at once, each from its own driver thread, as
     ``CrossValidator``'s ``parallelism`` does: what the sweep fits is one partition up
     to 500,000 customers, so each fit keeps one core busy. Each fit is seeded and reads
     the same input, so its model does not depend on what runs beside it."""
     ks = [cfg.k] if cfg.k else list(range(cfg.k_min, cfg.k_max + 1))
-    steps = progress.Steps("k sweep", len(ks))
+    seeds = restart_seeds(cfg.seed, cfg.restarts)
+    steps = progress.Steps("k sweep", len(ks) * len(seeds))
 
-    def fit_and_score(k: int) -> tuple[SweepPoint, Model]:
-        model = clusterer(cfg, k).fit(vectors)
-        return scored(model, vectors, k), model
+    def fit_one(k: int, restart: int) -> tuple[int, int, Model]:
+        return k, restart, clusterer(dataclasses.replace(cfg, seed=seeds[restart]), k).fit(vectors)
 
-    points, models = {}, {}
-    with ThreadPoolExecutor(max_workers=min(cfg.sweep_parallelism, len(ks)), thread_name_prefix="k-sweep") as pool:
-        for done in as_completed([pool.submit(fit_and_score, k) for k in ks]):
-            point, model = done.result()
-            points[point.k], models[point.k] = point, model
-            steps.step(
-                f"k={point.k} wcss={point.wcss:.2f} silhouette={point.silhouette:.4f} "
-                f"calinski_harabasz={point.calinski_harabasz:.1f} davies_bouldin={point.davies_bouldin:.4f}"
-            )
+    def score(k: int, model: Model) -> SweepPoint:
+        point = scored(model, vectors, k)
+        log.info("k=%d wcss=%.2f silhouette=%.4f calinski_harabasz=%.1f davies_bouldin=%.4f smallest segment %.1f%%",
+                 k, point.wcss, point.silhouette, point.calinski_harabasz, point.davies_bouldin,
+                 100 * point.smallest_share)  # fmt: skip
+        return point
+
+    fits: dict[int, list[tuple[int, Model]]] = {k: [] for k in ks}
+    workers = min(cfg.sweep_parallelism, len(ks) * len(seeds))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="k-sweep") as pool:
+        tasks = [pool.submit(fit_one, k, restart) for k in ks for restart in range(len(seeds))]
+        for done in as_completed(tasks):
+            k, restart, model = done.result()
+            fits[k].append((restart, model))
+            steps.step(f"k={k} seed={seeds[restart]} objective={objective(model):.2f}")
+        models = {k: best_fit(fits[k]) for k in ks}
+        points = dict(zip(ks, pool.map(lambda k: score(k, models[k]), ks), strict=True))
     return [points[k] for k in ks], models
+
+
+def stability_of_k(
+    vectors: DataFrame, models: dict[int, Model], seg: SegmentConfig, bootstrap: int, threshold: float
+) -> Callable[[int], float]:
+    """``k -> the lowest mean best-match Jaccard over k's segments``: the sweep's model of
+    k against ``bootstrap`` refits of k (with restarts) on resamples of ``vectors``. The
+    resamples are the same for every k, so ks are compared on the same draws."""
+
+    def measure(k: int) -> float:
+        reference = models[k].transform(vectors).select(c.CUSTOMER_ID, F.col(PREDICTION).alias(c.SEGMENT_ID))
+        report = stability.stability(
+            vectors,
+            reference,
+            lambda seed: Restarted(dataclasses.replace(seg, seed=seed), k),
+            seeds=[],
+            bootstrap=bootstrap,
+            bootstrap_seed=seg.seed,
+            threshold=threshold,
+            fit_seed=seg.seed,
+            what=f"k={k} stability",
+        )
+        return min((s.mean_jaccard for s in report.segments), default=0.0)
+
+    return measure
+
+
+def selection_rules(cfg: Config) -> selection.Rules:
+    seg = cfg.segment
+    return selection.Rules(
+        rule=seg.selection,
+        tolerance=seg.silhouette_tolerance,
+        min_segment_share=seg.min_segment_share,
+        business_k=(seg.business_k[0], seg.business_k[1]),
+        structure_silhouette=seg.structure_silhouette,
+        stability_threshold=cfg.stability.threshold,
+    )
 
 
 @dataclass(frozen=True)
@@ -514,10 +607,17 @@ def finish(
     seg = cfg.segment
     points, models = sweep_result
     numeric = numeric_features(cfg)
-    k = seg.k or choose_k(points, seg.selection, seg.silhouette_tolerance)
+    if seg.k:
+        choice = selection.fixed(seg.k)
+    else:
+        guard = seg.selection == selection.GUARDED and seg.selection_bootstrap > 0
+        measure = stability_of_k(prepared.swept, models, seg, seg.selection_bootstrap, cfg.stability.threshold)
+        choice = selection.choose(points, selection_rules(cfg), measure if guard else None)
+    k = choice.k
+    log.info("k=%d (%s): %s", k, choice.rule, choice.reason)
     clusters, final = models[k], None
     if prepared.sweep_vectors is not None:  # k was chosen on a sample: the model is fitted on everyone
-        clusters = clusterer(seg, k).fit(prepared.everyone)
+        clusters = Restarted(seg, k).fit(prepared.everyone)
         final = scored(clusters, prepared.everyone, k)
         log.info("k=%d fitted on all %d customers: wcss=%.2f silhouette=%.4f (sample: %.4f)", k, prepared.customers,
                  final.wcss, final.silhouette, next(p.silhouette for p in points if p.k == k))  # fmt: skip
@@ -533,8 +633,8 @@ def finish(
     version = f"{seg.algorithm}-k{k}-{run_id}"
     path = io.resolve(seg.model_dir, version)
     model.write().overwrite().save(path)
-    log.info("chose k=%d by %s; segment ids %s%s; model saved to %s", k, "config" if seg.k else seg.selection,
-             mapping, f" (matched to {usable.version})" if usable else "", path)  # fmt: skip
+    log.info("chose k=%d by %s; segment ids %s%s; model saved to %s", k, choice.rule, mapping,
+             f" (matched to {usable.version})" if usable else "", path)  # fmt: skip
     return model, SegmentResult(
         k=k,
         sweep=points,
@@ -547,6 +647,7 @@ def finish(
         matched_to=usable.version if usable else None,
         sweep_customers=prepared.sweep_customers,
         final=final,
+        choice=choice,
     )
 
 
@@ -591,10 +692,13 @@ def label(model: PipelineModel, features: DataFrame, cfg: Config, model_version:
 
 
 def sweep_frame(spark: SparkSession, result: SegmentResult, cfg: Config, run_id: str, as_of) -> DataFrame:
-    rule = "config" if cfg.segment.k else cfg.segment.selection
+    """One row per k of the sweep, with why it was chosen or not (``reason``)."""
+    choice = result.choice or selection.fixed(result.k)
     rows = [
         (run_id, as_of, cfg.segment.algorithm, p.k, p.wcss, p.silhouette, p.calinski_harabasz, p.davies_bouldin,
-         p.k == result.k, rule, result.model_version, result.sweep_customers or result.customers)
+         p.k == result.k, choice.rule, result.model_version, result.sweep_customers or result.customers,
+         p.smallest_share, choice.stability.get(p.k), choice.structure,
+         choice.reason if p.k == result.k else choice.verdicts.get(p.k))
         for p in result.sweep
     ]  # fmt: skip
     return spark.createDataFrame(rows, SWEEP_SCHEMA)
@@ -606,7 +710,8 @@ MODEL_SCHEMA = (
     "caps MAP<STRING, DOUBLE>, pca_components INT, explained_variance ARRAY<DOUBLE>, customers LONG, "
     "wcss DOUBLE, silhouette DOUBLE, calinski_harabasz DOUBLE, davies_bouldin DOUBLE, "
     "first_purchase_date DATE, last_purchase_date DATE, "
-    "centres ARRAY<STRUCT<segment_id: INT, centre: ARRAY<DOUBLE>>>, matched_to STRING"
+    "centres ARRAY<STRUCT<segment_id: INT, centre: ARRAY<DOUBLE>>>, matched_to STRING, selection_reason STRING, "
+    "restarts INT"
 )
 
 
@@ -619,10 +724,12 @@ def model_record(
     seg = cfg.segment
     row = (
         run_id, result.model_version, result.model_path, seg.algorithm, as_of, fitted_at, result.k,
-        "config" if seg.k else seg.selection, list(seg.features), [f for f in cfg.features.log1p if f in seg.features],
+        result.choice.rule if result.choice else "config", list(seg.features),
+        [f for f in cfg.features.log1p if f in seg.features],
         result.caps, len(result.explained_variance) or None, result.explained_variance, result.customers,
         chosen.wcss, chosen.silhouette, chosen.calinski_harabasz, chosen.davies_bouldin, *data_range,
         [(sid, centre) for sid, centre in sorted(result.centres.items())], result.matched_to,
+        result.choice.reason if result.choice else None, seg.restarts,
     )  # fmt: skip
     return spark.createDataFrame([row], MODEL_SCHEMA)
 
@@ -669,7 +776,7 @@ def check_stability(
     report = stability.stability(
         vectors,
         labels.where(F.col(c.SEGMENT_ID) >= 0).select(c.CUSTOMER_ID, c.SEGMENT_ID),
-        lambda seed: clusterer(dataclasses.replace(seg, seed=seed), k),
+        lambda seed: Restarted(dataclasses.replace(seg, seed=seed), k),
         seeds=seeds,
         bootstrap=conf.bootstrap,
         bootstrap_seed=seg.seed,

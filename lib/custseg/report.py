@@ -52,6 +52,7 @@ SILHOUETTE_METRIC: Literal["sqeuclidean", "euclidean"] = "sqeuclidean"  # as Spa
 MIN_TSNE_POINTS = 6  # t-SNE needs its perplexity (at least 5 here) below the number of points
 
 RULES = {
+    "guarded": "the sweep's silhouette, then a minimum segment share and per-k stability (see the reason)",
     "silhouette": "the smallest k whose silhouette is within segment.silhouette_tolerance of the best",
     "elbow": "the knee of the WCSS curve (the point farthest below the chord)",
     "config": "fixed in the configuration (segment.k)",
@@ -78,6 +79,7 @@ class RunInfo:
     features: list[str]
     customers: int | None  # customers the model was fitted on
     explained_variance: list[float] = field(default_factory=list)
+    reason: str | None = None  # why this k, in words (segment_models.selection_reason)
 
 
 @dataclass(frozen=True)
@@ -481,7 +483,10 @@ SWEEP_COLUMNS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "silhouette": ("Silhouette", lambda v: fmt_number(v, 4)),
     "calinski_harabasz": ("Calinski-Harabasz", fmt_number),
     "davies_bouldin": ("Davies-Bouldin", lambda v: fmt_number(v, 4)),
+    "smallest_share": ("Smallest segment", fmt_share),
+    "stability": ("Bootstrap Jaccard (lowest)", lambda v: fmt_number(v, 2)),
     "chosen": ("Chosen", lambda v: "✔" if v else ""),
+    "reason": ("Verdict", fmt_text),
 }
 
 CSS = """
@@ -547,6 +552,7 @@ def _header(info: RunInfo) -> str:
         ("Algorithm", info.algorithm),
         ("k", str(info.k)),
         ("k chosen by", f"{info.rule}: {rule}"),
+        *([("Why this k", info.reason)] if info.reason else []),
         ("Customers in the fit", fmt_count(info.customers)),
         ("Model features", ", ".join(info.features)),
         ("Model space", variance),
@@ -727,7 +733,7 @@ def read_sweep(spark: SparkSession, cfg: Config, version: str) -> pd.DataFrame:
     return (
         _read(spark, cfg, cfg.tables.k_sweep)
         .where(F.col(c.MODEL_VERSION) == version)
-        .select(c.K, *SWEEP_METRICS, "chosen")
+        .select(c.K, *SWEEP_METRICS, "smallest_share", "stability", "chosen", "reason")
         .toPandas()  # one row per k
         .sort_values(c.K)
         .drop_duplicates(c.K, keep="last")  # a rerun of the same run id appends its sweep again
@@ -810,6 +816,7 @@ def run_info(current: Row, record: Row) -> RunInfo:
         features=list(record["features"]),
         customers=record["customers"],
         explained_variance=list(record["explained_variance"] or []),
+        reason=record.asDict().get("selection_reason"),  # absent from records of older versions
     )
 
 

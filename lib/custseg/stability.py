@@ -11,9 +11,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import fmean
+from typing import Protocol
 
 from pyspark import StorageLevel
-from pyspark.ml import Estimator
+from pyspark.ml import Model
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -32,6 +33,12 @@ REPLICATE_SCHEMA = "run_id STRING, kind STRING, replicate INT, seed BIGINT, ari 
 SEGMENT_SCHEMA = (
     "run_id STRING, segment_id INT, mean_jaccard DOUBLE, min_jaccard DOUBLE, replicates INT, stable BOOLEAN"
 )
+
+
+class Fits(Protocol):
+    """An unfitted clusterer: a pyspark.ml Estimator, or one that fits from several seeds."""
+
+    def fit(self, dataset: DataFrame) -> Model: ...
 
 
 @dataclass(frozen=True)
@@ -126,12 +133,13 @@ def _compare(predictions: DataFrame, reference: DataFrame) -> tuple[float, dict[
 def stability(
     vectors: DataFrame,
     reference: DataFrame,
-    estimator_for: Callable[[int], Estimator],
+    estimator_for: Callable[[int], Fits],
     seeds: Sequence[int],
     bootstrap: int,
     bootstrap_seed: int,
     threshold: float = 0.75,
     fit_seed: int | None = None,
+    what: str = "stability",
 ) -> StabilityReport:
     """Refit once per seed on all of ``vectors``, then ``bootstrap`` times with the first
     seed on resamples (with replacement, same size on average), predict every customer
@@ -140,7 +148,7 @@ def stability(
 
     ``vectors``: customer_id, features_vector. ``reference``: customer_id, segment_id
     (placed customers only). ``estimator_for(seed)``: an unfitted clusterer predicting
-    into ``cluster``.
+    into ``cluster``. ``what`` names the progress lines.
     """
     if fit_seed is None and not seeds:
         raise ValueError("stability needs at least one seed")
@@ -155,7 +163,7 @@ def stability(
         vectors = vectors.persist(StorageLevel.MEMORY_AND_DISK)
     replicates: list[Replicate] = []
     jaccards: dict[int, list[float]] = {}
-    steps = progress.Steps("stability", len(plan))
+    steps = progress.Steps(what, len(plan))
     try:
         for kind, number, seed, sample_seed in plan:
             train = vectors if sample_seed is None else vectors.sample(True, 1.0, seed=sample_seed)
@@ -182,8 +190,8 @@ def stability(
     ]
     report = StabilityReport(replicates=replicates, segments=segments, threshold=threshold)
     log.info(
-        "stability: mean ARI seeds=%.4f bootstraps=%.4f min=%.4f; unstable segments %s (threshold %.2f)",
-        report.mean_seed_ari, report.mean_bootstrap_ari, report.min_ari, report.unstable_segments or "none",
+        "%s: mean ARI seeds=%.4f bootstraps=%.4f min=%.4f; unstable segments %s (threshold %.2f)",
+        what, report.mean_seed_ari, report.mean_bootstrap_ari, report.min_ari, report.unstable_segments or "none",
         threshold,
     )  # fmt: skip
     return report
