@@ -136,6 +136,13 @@ def test_load_config_rfm_cut_points_must_fit_the_bins(tmp_path):
         ("stability.threshold=0", r"stability\.threshold: must be in \(0, 1\]"),
         ("segment.kmeans_tol=0", r"segment\.kmeans_tol: must be positive and finite"),
         ("segment.kmeans_tol=.inf", r"segment\.kmeans_tol: must be positive and finite"),
+        ("segment.restarts=0", r"segment\.restarts: must be at least 1"),
+        ("segment.min_segment_share=0.5", r"segment\.min_segment_share: must be in \[0, 0\.5\)"),
+        ("segment.selection_bootstrap=-1", r"segment\.selection_bootstrap: must be 0 or more"),
+        ("segment.business_k=[6, 3]", r"segment\.business_k: must be \[lowest, highest\] with 2 <= lowest"),
+        ("segment.business_k=[4]", r"segment\.business_k: must be \[lowest, highest\]"),
+        ("segment.business_k=[9, 12]", r"segment\.business_k: \[9, 12\] does not overlap the sweep's range \[2, 8\]"),
+        ("segment.selection=gap", r"segment\.selection"),
     ],
 )
 def test_load_config_rejects_impossible_modelling_settings(setting, message):
