@@ -44,11 +44,16 @@ def test_demo_run_labels_every_valid_customer_once_and_recovers_archetypes(spark
     truth = datagen.read_truth(spark, str(tmp_path / "data" / "raw"))
     ari = adjusted_rand_index(labels.join(truth, on=c.CUSTOMER_ID, how="inner"), c.SEGMENT_ID, "archetype")
     report.append(f"end-to-end: {CUSTOMERS} customers, adjusted Rand index vs planted archetypes = {ari:.4f}")
-    assert ari >= 0.9
+    assert ari >= 0.95
 
     sweep = DeltaTable.forPath(spark, str(lake / "k_sweep")).toDF()
     assert sweep.count() == 5  # k = 2..6
-    assert sweep.where("chosen").select(c.K).first()[c.K] == labels.select(c.K).first()[c.K]
+    chosen = sweep.where("chosen").first()
+    assert chosen[c.K] == labels.select(c.K).first()[c.K]
+    # the archetypes are far apart: a clear structure, and k is the silhouette's, guard rails passed
+    assert (chosen["rule"], chosen["structure"]) == ("guarded", "clear")
+    assert chosen["reason"].startswith("clear cluster structure") and chosen["stability"] >= 0.75
+    assert sweep.where("NOT chosen AND reason IS NULL").count() == 0  # every k says why not
 
     run_log = DeltaTable.forPath(spark, str(lake / "run_log")).toDF()
     unbalanced = run_log.where("rows_read != accepted + quarantined + duplicates").count()
@@ -61,7 +66,7 @@ def test_demo_run_labels_every_valid_customer_once_and_recovers_archetypes(spark
     stability = DeltaTable.forPath(spark, str(lake / "segment_stability_runs")).toDF()
     seed_ari = stability.where("kind = 'seed'").agg({"ari": "min"}).first()[0]
     report.append(f"end-to-end: stability, lowest adjusted Rand index between seeds = {seed_ari:.4f}")
-    assert stability.count() == 4 and seed_ari >= 0.9
+    assert stability.count() == 4 and seed_ari >= 0.95  # restarts: the choice, not one seed's luck
 
     k = labels.select(c.K).first()[c.K]
     profiles = DeltaTable.forPath(spark, str(lake / "segment_profiles")).toDF()
