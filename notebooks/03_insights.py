@@ -2,8 +2,9 @@
 # MAGIC %md
 # MAGIC # 03 · Insights: who is in each segment
 # MAGIC Runs the `profile` job on the current labels (written by `02_segment`): sizes, shares
-# MAGIC of customers and revenue, the dominant RFM segment, feature means, medians and
-# MAGIC z-scores, and a descriptive name per segment. Then the plots, and the full HTML
+# MAGIC of customers and revenue, the dominant RFM segment, feature means, medians, z-scores
+# MAGIC and the medians' percentile ranks, and a name and a one-sentence description per
+# MAGIC segment. Then the plots, and the full HTML
 # MAGIC report of the run (the `report` job).
 # MAGIC
 # MAGIC Parameters as in `01_explore`; run locally with `.venv/bin/python notebooks/03_insights.py`.

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from chispa import assert_approx_df_equality, assert_df_equality
+from chispa import assert_approx_df_equality, assert_column_equality, assert_df_equality
+from pyspark.sql import functions as F
 
 from custseg import profiles
 
@@ -23,36 +24,71 @@ def labelled(spark):
     )
 
 
-def test_feature_profiles_means_medians_and_z_scores(spark):
+def test_feature_profiles_means_medians_z_scores_and_percentile_ranks(spark):
     actual = labelled(spark).transform(profiles.feature_profiles(["monetary", "frequency"]))
     # segment 1 monetary: mean 20, z = (20 - 40) / 35.3553 = -0.5657; frequency mean 4/3,
     # z = (1.3333 - 2) / 1.2247 = -0.5443. Segment 0: z = 60 / 35.3553 = 1.6971, 2 / 1.2247.
     # The unsegmented row has no monetary values (mean null) and frequency 0.
+    # Percentile ranks among the 4 placed customers, (below + half the ties) / 4: segment 1's
+    # median spend 20 has 10 below and itself tied, (1 + 0.5) / 4; its median frequency 1 ties
+    # with two customers, (0 + 1) / 4; segment 0's 100 and 4: (3 + 0.5) / 4; segment -1's
+    # frequency 0 is below everyone placed: 0.
     expected = spark.createDataFrame(
         [
-            (1, "monetary", 3, 20.0, 20.0, -0.5657),
-            (1, "frequency", 3, 1.3333, 1.0, -0.5443),
-            (0, "monetary", 1, 100.0, 100.0, 1.6971),
-            (0, "frequency", 1, 4.0, 4.0, 1.633),
-            (-1, "monetary", 0, None, None, None),
-            (-1, "frequency", 1, 0.0, 0.0, -1.633),
+            (1, "monetary", 3, 20.0, 20.0, -0.5657, 0.375),
+            (1, "frequency", 3, 1.3333, 1.0, -0.5443, 0.25),
+            (0, "monetary", 1, 100.0, 100.0, 1.6971, 0.875),
+            (0, "frequency", 1, 4.0, 4.0, 1.633, 0.875),
+            (-1, "monetary", 0, None, None, None, None),
+            (-1, "frequency", 1, 0.0, 0.0, -1.633, 0.0),
         ],
-        "segment_id INT, feature STRING, customers LONG, mean DOUBLE, median DOUBLE, z_score DOUBLE",
+        "segment_id INT, feature STRING, customers LONG, mean DOUBLE, median DOUBLE, z_score DOUBLE, "
+        "percentile_rank DOUBLE",
     )
     assert_approx_df_equality(actual, expected, 1e-4, ignore_row_order=True, ignore_nullable=True)
 
 
-def test_segment_sizes_shares_and_dominant_rfm_segment(spark):
+def test_feature_profiles_rank_the_median_customer_not_the_mean_on_skewed_spend(spark):
+    rows = [
+        ("w1", 0, 10.0), ("w2", 0, 10.0), ("w3", 0, 10.0), ("w4", 0, 1000.0),  # one whale: mean 257.5
+        ("m1", 1, 40.0), ("m2", 1, 50.0), ("m3", 1, 60.0), ("m4", 1, 70.0),  # mean 55
+        ("u1", -1, 5.0),  # not placed: not part of the population
+    ]  # fmt: skip
+    actual = (
+        spark.createDataFrame(rows, "customer_id STRING, segment_id INT, monetary DOUBLE")
+        .transform(profiles.feature_profiles(["monetary"]))
+        .select("segment_id", "feature", "mean", "median", "percentile_rank")
+    )
+    # Among the 8 placed values: segment 0's median 10 has none below and 3 tied, 1.5 / 8; segment 1's
+    # median is the lower middle value 50, with 10, 10, 10, 40 below and itself tied, 4.5 / 8;
+    # segment -1's 5 is below every placed customer.
+    expected = spark.createDataFrame(
+        [(0, "monetary", 257.5, 10.0, 0.1875), (1, "monetary", 55.0, 50.0, 0.5625), (-1, "monetary", 5.0, 5.0, 0.0)],
+        "segment_id INT, feature STRING, mean DOUBLE, median DOUBLE, percentile_rank DOUBLE",
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_rank_credit_counts_ties_half_and_nulls_not_at_all(spark):
+    rows = [(1.0, 2.0, 1.0), (2.0, 2.0, 0.5), (3.0, 2.0, 0.0), (None, 2.0, None), (1.0, None, None)]
+    df = spark.createDataFrame(rows, "value DOUBLE, median DOUBLE, expected DOUBLE").withColumn(
+        "credit", profiles.rank_credit(F.col("value"), F.col("median"))
+    )
+    assert_column_equality(df, "credit", "expected")
+
+
+def test_segment_sizes_shares_revenue_index_and_dominant_rfm_segment(spark):
     actual = labelled(spark).transform(profiles.segment_sizes("monetary"))
-    # revenue 60 + 100 = 160; segment 1's RFM segments: At Risk twice, Hibernating once
+    # revenue 60 + 100 = 160; segment 1's RFM segments: At Risk twice, Hibernating once;
+    # revenue index: 0.375 / 0.6 x 100 = 62.5 and 0.625 / 0.2 x 100 = 312.5
     expected = spark.createDataFrame(
         [
-            (1, 3, 0.6, 60.0, 0.375, "At Risk", 0.6667),
-            (0, 1, 0.2, 100.0, 0.625, "Champions", 1.0),
-            (-1, 1, 0.2, None, None, "Other", 1.0),
+            (1, 3, 0.6, 60.0, 0.375, 62.5, "At Risk", 0.6667),
+            (0, 1, 0.2, 100.0, 0.625, 312.5, "Champions", 1.0),
+            (-1, 1, 0.2, None, None, None, "Other", 1.0),
         ],
         "segment_id INT, customers LONG, customer_share DOUBLE, revenue DOUBLE, revenue_share DOUBLE, "
-        "dominant_rfm_segment STRING, dominant_rfm_share DOUBLE",
+        "revenue_index DOUBLE, dominant_rfm_segment STRING, dominant_rfm_share DOUBLE",
     )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
@@ -63,22 +99,4 @@ def test_segment_sizes_dominant_rfm_tie_goes_to_the_first_name(spark):
     assert actual.first()["dominant_rfm_segment"] == "At Risk"
 
 
-def test_segment_name_from_rfm_z_scores():
-    assert profiles.segment_name({"recency_days": -0.9, "frequency": 1.2, "monetary": 1.5}) == "High-value loyal"
-    assert profiles.segment_name({"recency_days": 1.1, "frequency": -0.6, "monetary": -0.8}) == "Low-value lapsed"
-    assert profiles.segment_name({"recency_days": -0.7, "frequency": 0.1, "monetary": 0.2}) == "Mid-value recent"
-    assert profiles.segment_name({"recency_days": 0.2, "frequency": 0.3, "monetary": -0.2}) == "Mid-value occasional"
-
-
-def test_segment_name_without_rfm_uses_the_two_most_distinctive_features():
-    z = {"age": 0.1, "annual_income": 1.4, "spending_score": -1.1}
-    assert profiles.segment_name(z) == "High annual income, low spending score"
-    assert profiles.segment_name({"age": 0.2}) == "Typical customers"
-
-
-def test_segment_names_are_unique_and_unsegmented_is_named():
-    same = {"recency_days": 1.0, "frequency": 0.0, "monetary": -1.0}
-    names = profiles.segment_names(
-        {0: {"recency_days": -1.0, "frequency": 1.0, "monetary": 1.0}, 1: same, 2: same, -1: {}}
-    )
-    assert names == {0: "High-value loyal", 1: "Low-value lapsed #1", 2: "Low-value lapsed #2", -1: "Unsegmented"}
+# --------------------------------------------------------------------------- naming rules

@@ -223,8 +223,11 @@ def records(page: str, table_id: str) -> list[dict[str, str]]:
 def tiny_content(segment_name: str, migrations: pd.DataFrame | None) -> report.ReportContent:
     info = report.RunInfo("r<1>", "kmeans-k2-r1", None, "kmeans", 2, "silhouette", ["monetary"], 3)
     segments = pd.DataFrame(
-        {"segment_id": [0, 1], "segment_name": [segment_name, "Other"], "customers": [1234, 5],
-         "customer_share": [0.996, 0.004], "revenue_share": [0.5, 0.5]}
+        {"segment_id": [0, 1], "segment_name": [segment_name, "Other"],
+         "description": ["Bought 8 times, last 16 days ago, median spend 2,761; 99.6% of customers, 50% of revenue "
+                         "(index 50) & <more>", "Bought once"],
+         "customers": [1234, 5], "customer_share": [0.996, 0.004], "revenue_share": [0.5, 0.5],
+         "revenue_index": [50.2, 12500.0]}
     )  # fmt: skip
     sweep = pd.DataFrame({"k": [2], "wcss": [12345.678], "silhouette": [0.5], "calinski_harabasz": [1.0],
                           "davies_bouldin": [0.25], "chosen": [True]})  # fmt: skip
@@ -237,6 +240,11 @@ def test_render_html_escapes_text_and_formats_numbers():
     assert "<title>Customer segments: run r&lt;1&gt;</title>" in page
     assert records(page, "segments")[0]["Customers"] == "1,234"
     assert records(page, "segments")[0]["Share of customers"] == "99.6%"
+    assert records(page, "segments")[0]["Description"] == (
+        "Bought 8 times, last 16 days ago, median spend 2,761; 99.6% of customers, 50% of revenue (index 50) & <more>"
+    )
+    assert "(index 50) &amp; &lt;more&gt;" in page
+    assert [r["Revenue index"] for r in records(page, "segments")] == ["50", "12,500"]
     assert records(page, "k-sweep") == [
         {"k": "2", "WCSS": "12,345.68", "Silhouette": "0.5000", "Calinski-Harabasz": "1.00",
          "Davies-Bouldin": "0.2500", "Chosen": "✔"}
@@ -300,15 +308,23 @@ def test_run_html_numbers_match_the_delta_tables(spark, lake):
     chosen = next(r["k"] for r in sweep if r["chosen"])
     header = dict(Tables(page).tables["run"])
     assert header["Run"] == DEMO_RUN_ID and header["k"] == str(chosen)
-    assert header["k chosen by"].startswith("silhouette: ")
+    assert header["k chosen by"].startswith("guarded: ")
+    model_record = table(spark, cfg, cfg.tables.models).first()
+    assert header["Why this k"] == model_record["selection_reason"] == next(r["reason"] for r in sweep if r["chosen"])
     assert {r["k"]: r["WCSS"] for r in records(page, "k-sweep")} == {str(r["k"]): f"{r['wcss']:,.2f}" for r in sweep}
     assert [r["k"] for r in records(page, "k-sweep") if r["Chosen"] == "✔"] == [str(chosen)]
+    shown_sweep = {r["k"]: r for r in records(page, "k-sweep")}
+    assert {k: r["Verdict"] for k, r in shown_sweep.items()} == {str(r["k"]): r["reason"] for r in sweep}
+    assert {k: r["Smallest segment"] for k, r in shown_sweep.items()} == {
+        str(r["k"]): f"{r['smallest_share']:.1%}" for r in sweep
+    }
 
     segments = table(spark, cfg, cfg.tables.segment_profiles).collect()  # k + 1 rows
     shown = {r["Segment"]: r for r in records(page, "segments")}
-    assert {sid: (r["Name"], r["Customers"]) for sid, r in shown.items()} == {
-        str(r["segment_id"]): (r["segment_name"], f"{r['customers']:,}") for r in segments
+    assert {sid: (r["Name"], r["Description"], r["Customers"]) for sid, r in shown.items()} == {
+        str(r["segment_id"]): (r["segment_name"], r["description"], f"{r['customers']:,}") for r in segments
     }
+    assert all(r["description"] for r in segments)
 
     labels = table(spark, cfg, cfg.tables.labels)
     cells = (

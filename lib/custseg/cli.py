@@ -162,16 +162,25 @@ def run_demo(spark: SparkSession, cfg: Config, run_id: str) -> None:
 
 
 SEGMENT_SUMMARY = (
-    "segment_id", "segment_name", "customers", "customer_share", "revenue_share", "dominant_rfm_segment",
+    "segment_id", "segment_name", "customers", "customer_share", "revenue_share", "revenue_index",
+    "dominant_rfm_segment",
 )  # fmt: skip
 
 
 def print_summary(spark: SparkSession, cfg: Config, run_id: str) -> None:
-    """The segment profiles (one row per segment), stability and where the tables are."""
+    """The segment profiles (one row per segment, then each one's description below the
+    table, which would be too wide with them), stability and where the tables are."""
     profile = io.read(spark, io.table_ref(cfg.storage, cfg.tables.segment_profiles))
-    table = profile.select(*SEGMENT_SUMMARY).orderBy(c.SEGMENT_ID).toPandas()  # one row per segment
+    table = profile.select(*SEGMENT_SUMMARY, profiles.DESCRIPTION).orderBy(c.SEGMENT_ID).toPandas()  # k + 1 rows
     print(f"\nSegments ({len(table)}; -1 = customers the model cannot place, e.g. no purchase yet):")
-    print(table.to_string(index=False))
+    print(table[list(SEGMENT_SUMMARY)].to_string(index=False))
+    for r in table.itertuples(index=False):
+        print(f"  {r.segment_id:>3}  {r.segment_name}: {r.description}")
+    sweep_ref = io.table_ref(cfg.storage, cfg.tables.k_sweep)
+    if io.exists(spark, sweep_ref):
+        chosen = io.read(spark, sweep_ref).where(F.col(c.RUN_ID) == run_id).where(F.col("chosen")).first()
+        if chosen is not None and chosen["reason"]:
+            print(f"Why k = {chosen[c.K]}: {chosen['reason']}")
     stability_ref = io.table_ref(cfg.storage, cfg.tables.stability)
     if io.exists(spark, stability_ref):
         runs = io.read(spark, stability_ref)
@@ -194,7 +203,7 @@ STAGES: dict[str, tuple[Callable[[SparkSession, Config, str], Counts | None], st
     ),
     "features": (run_features, "compute RFM and behavioural features per customer as of a date"),
     "segment": (run_segment, "scale, PCA, sweep k, choose k, fit, label, merge history, check stability"),
-    "profile": (run_profile, "profile and name the segments (sizes, shares, feature z-scores, RFM mix)"),
+    "profile": (run_profile, "profile, name and describe the segments (sizes, shares, median ranks, RFM mix)"),
     "report": (run_report, "write the HTML report (and PNG plots) of the current labels' run"),
     "score": (
         run_score,

@@ -1,77 +1,119 @@
 """Segment profiles and names: what each segment is, in the words and numbers a
 marketer reads.
 
-Two tables per run: ``segment_profiles`` (one row per segment: size, shares of
-customers and revenue, the dominant RFM segment, a descriptive name) and
-``segment_feature_profiles`` (per segment and feature: mean, median, and the z-score of
-the segment's mean against all placed customers). Names are built from the z-scores by
-fixed rules, so the same profile always gets the same name.
+Two tables per run. ``segment_feature_profiles``: per segment and feature, the mean, the
+median, the z-score of the mean, and the percentile rank of the median among all placed
+customers (where the segment's median customer sits in the population). And
+``segment_profiles``: one row per segment with its size, shares of customers and
+revenue, the revenue index, the dominant RFM segment, the median customer's recency,
+frequency and spend, a value tier, a name and a one-sentence description.
+
+Names come from the medians' percentile ranks, not from means: spend is skewed (the top
+1% of a retailer's customers can spend 26 times the median), so a few whales move a
+segment's mean, and z-scores of means, without saying anything about its typical
+customer. With recency, frequency and monetary a name is a value tier, a recency word
+and a frequency word, e.g. "High-value active loyal"; with a customer table alone, the
+two most distinctive attributes, e.g. "High annual income, high spending score". Names
+that would be shared get qualifiers from the next feature that separates the segments
+(", bigger baskets"), never a number, and the same profile always gets the same name.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from custseg import columns as c
 from custseg import io
 from custseg.config import Config
 from custseg.features import FEATURE_COLUMNS
+from custseg.naming import RFM_FEATURES, SegmentSummary, name_segments
 
 log = logging.getLogger(__name__)
 
 FEATURE = "feature"
+VALUE = "value"
+CUSTOMERS = "customers"
 MEAN = "mean"
 MEDIAN = "median"
 Z_SCORE = "z_score"
+PERCENTILE_RANK = "percentile_rank"
 SEGMENT_NAME = "segment_name"
+DESCRIPTION = "description"
+VALUE_TIER = "value_tier"
+CUSTOMER_SHARE = "customer_share"
+REVENUE_SHARE = "revenue_share"
+REVENUE_INDEX = "revenue_index"
 RFM_SEGMENT = "rfm_segment"
-UNSEGMENTED_NAME = "Unsegmented"
+MEDIAN_COLUMNS = {f: f"median_{f}" for f in RFM_FEATURES}  # segment_profiles: the median customer
 
-# A segment's mean this many population standard deviations from the population mean
-# is "high" or "low"; in between it is typical.
-NOTABLE_Z = 0.5
+# --------------------------------------------------------------------------- Spark aggregates
+
+
+def rank_credit(value: Column, median: Column) -> Column:
+    """A customer's part in the percentile rank of ``median``: 1 below it, 1/2 tied with
+    it, 0 above it; null when either is null."""
+    return F.when(value < median, 1.0).when(value == median, 0.5).when(value > median, 0.0)
+
+
+def _long(labelled: DataFrame, features: Sequence[str]) -> DataFrame:
+    """One row per customer and feature: segment_id, feature, value (double)."""
+    values = [F.struct(F.lit(f).alias(FEATURE), F.col(f).cast("double").alias(VALUE)) for f in features]
+    return labelled.select(c.SEGMENT_ID, F.explode(F.array(*values)).alias("kv")).select(c.SEGMENT_ID, "kv.*")
 
 
 def feature_profiles(features: Sequence[str]) -> Callable[[DataFrame], DataFrame]:
     """Labelled customers -> per segment and feature: customers with a value, mean,
-    median and z-score ((segment mean - population mean) / population standard
-    deviation, over placed customers, segment_id >= 0; 0 when the feature does not vary).
+    median, z-score and the median's percentile rank.
+
+    The median is percentile_approx's (accuracy 10,000): a value some customer has, the
+    lower of the two middle ones in an even count. The z-score is (segment mean -
+    population mean) / population standard deviation, 0 when the feature does not vary.
+    The percentile rank is exact: among placed customers (segment_id >= 0) with a value,
+    the share below the segment's median plus half the share equal to it (the mid-rank,
+    so ties do not push a heavily tied value, e.g. one order or no returns, to the top:
+    the rank of x is 1 minus the rank of -x). Null when the segment has no value. Each
+    segment's median (k x features rows, broadcast) meets every placed customer's value
+    in one aggregation, which also gives the population's mean and deviation.
 
     Input columns: segment_id and every name in ``features``.
-    Output columns: segment_id, feature, customers, mean, median, z_score.
+    Output columns: segment_id, feature, customers, mean, median, z_score, percentile_rank.
     """
 
     def transform(labelled: DataFrame) -> DataFrame:
-        long = labelled.select(
-            c.SEGMENT_ID,
-            F.explode(
-                F.array(*[F.struct(F.lit(f).alias(FEATURE), F.col(f).cast("double").alias("value")) for f in features])
-            ).alias("kv"),
-        ).select(c.SEGMENT_ID, "kv.*")
+        long = _long(labelled, features)
         per_segment = long.groupBy(c.SEGMENT_ID, FEATURE).agg(
-            F.count("value").alias("customers"),
-            F.avg("value").alias(MEAN),
-            F.percentile_approx("value", 0.5, 10_000).alias(MEDIAN),
+            F.count(VALUE).alias(CUSTOMERS),
+            F.avg(VALUE).alias(MEAN),
+            F.percentile_approx(VALUE, 0.5, 10_000).alias(MEDIAN),
         )
-        population = (
+        medians = per_segment.select(c.SEGMENT_ID, FEATURE, MEDIAN)
+        against_population = (
             long.where(F.col(c.SEGMENT_ID) >= 0)
-            .groupBy(FEATURE)
-            .agg(F.avg("value").alias("_mu"), F.stddev_pop("value").alias("_sigma"))
+            .select(FEATURE, F.col(VALUE).alias("_population_value"))
+            .join(F.broadcast(medians), on=FEATURE, how="inner")
+            .groupBy(c.SEGMENT_ID, FEATURE)
+            .agg(
+                F.avg("_population_value").alias("_mu"),
+                F.stddev_pop("_population_value").alias("_sigma"),
+                F.avg(rank_credit(F.col("_population_value"), F.col(MEDIAN))).alias("_rank"),
+            )
         )
         z = F.when(F.col("_sigma") > 0, (F.col(MEAN) - F.col("_mu")) / F.col("_sigma")).when(
             F.col(MEAN).isNotNull(), F.lit(0.0)
         )
-        return per_segment.join(population, on=FEATURE, how="left").select(
+        return per_segment.join(against_population, on=[c.SEGMENT_ID, FEATURE], how="left").select(
             c.SEGMENT_ID,
             FEATURE,
-            "customers",
+            CUSTOMERS,
             F.round(MEAN, 4).alias(MEAN),
             F.round(MEDIAN, 4).alias(MEDIAN),
             F.round(z, 4).alias(Z_SCORE),
+            F.round("_rank", 4).alias(PERCENTILE_RANK),
         )
 
     return transform
@@ -79,19 +121,21 @@ def feature_profiles(features: Sequence[str]) -> Callable[[DataFrame], DataFrame
 
 def segment_sizes(value_feature: str) -> Callable[[DataFrame], DataFrame]:
     """Labelled customers -> per segment: customers, share of customers, revenue (the
-    sum of ``value_feature``), share of revenue, and the most common RFM segment with
-    its share (ties: the name first in alphabetical order; null without RFM scores).
+    sum of ``value_feature``), share of revenue, the revenue index (share of revenue /
+    share of customers x 100: 100 is an average customer's spend), and the most common
+    RFM segment with its share (ties: the name first in alphabetical order; null without
+    RFM scores).
 
     Input columns: segment_id, ``value_feature``, and rfm_segment when there is one.
     Output columns: segment_id, customers, customer_share, revenue, revenue_share,
-    dominant_rfm_segment, dominant_rfm_share.
+    revenue_index, dominant_rfm_segment, dominant_rfm_share.
     """
 
     def transform(labelled: DataFrame) -> DataFrame:
         sizes = labelled.groupBy(c.SEGMENT_ID).agg(
-            F.count(F.lit(1)).alias("customers"), F.sum(F.col(value_feature).cast("double")).alias("revenue")
+            F.count(F.lit(1)).alias(CUSTOMERS), F.sum(F.col(value_feature).cast("double")).alias("revenue")
         )
-        totals = sizes.agg(F.sum("customers").alias("_all"), F.sum("revenue").alias("_revenue"))
+        totals = sizes.agg(F.sum(CUSTOMERS).alias("_all"), F.sum("revenue").alias("_revenue"))
         if RFM_SEGMENT in labelled.columns:
             ranked = Window.partitionBy(c.SEGMENT_ID).orderBy(F.col("_n").desc(), F.col(RFM_SEGMENT))
             dominant = (
@@ -105,68 +149,51 @@ def segment_sizes(value_feature: str) -> Callable[[DataFrame], DataFrame]:
             dominant = sizes.select(
                 c.SEGMENT_ID, F.lit(None).cast("string").alias("dominant_rfm_segment"), F.lit(None).alias("_n")
             )
+        customer_share = F.col(CUSTOMERS) / F.col("_all")
+        revenue_share = F.col("revenue") / F.nullif(F.col("_revenue"), F.lit(0.0))
         return (
             sizes.crossJoin(totals)
             .join(dominant, on=c.SEGMENT_ID, how="left")
             .select(
                 c.SEGMENT_ID,
-                "customers",
-                F.round(F.col("customers") / F.col("_all"), 4).alias("customer_share"),
+                CUSTOMERS,
+                F.round(customer_share, 4).alias(CUSTOMER_SHARE),
                 F.round("revenue", 2).alias("revenue"),
-                F.round(F.col("revenue") / F.nullif(F.col("_revenue"), F.lit(0.0)), 4).alias("revenue_share"),
+                F.round(revenue_share, 4).alias(REVENUE_SHARE),
+                F.round(revenue_share / customer_share * 100, 1).alias(REVENUE_INDEX),
                 "dominant_rfm_segment",
-                F.round(F.col("_n") / F.col("customers"), 4).alias("dominant_rfm_share"),
+                F.round(F.col("_n") / F.col(CUSTOMERS), 4).alias("dominant_rfm_share"),
             )
         )
 
     return transform
 
 
-def segment_name(z: Mapping[str, float | None]) -> str:
-    """A short descriptive name from a segment's z-scores.
-
-    With recency, frequency and monetary: a value word from monetary (High-value,
-    Mid-value, Low-value) and a behaviour word: "lapsed" when purchases are long ago,
-    else "loyal" when frequent, else "recent" when the last purchase is recent, else
-    "occasional". Otherwise (e.g. a customer table alone): the two features furthest
-    from typical, as "High income, low spending score", or "Typical customers".
-    """
-
-    def level(name: str) -> int:
-        value = z.get(name)
-        if value is None:
-            return 0
-        return 1 if value >= NOTABLE_Z else -1 if value <= -NOTABLE_Z else 0
-
-    if all(z.get(f) is not None for f in (c.RECENCY_DAYS, c.FREQUENCY, c.MONETARY)):
-        value = {1: "High-value", 0: "Mid-value", -1: "Low-value"}[level(c.MONETARY)]
-        if level(c.RECENCY_DAYS) > 0:
-            behaviour = "lapsed"
-        elif level(c.FREQUENCY) > 0:
-            behaviour = "loyal"
-        elif level(c.RECENCY_DAYS) < 0:
-            behaviour = "recent"
-        else:
-            behaviour = "occasional"
-        return f"{value} {behaviour}"
-    notable = sorted(
-        ((name, v) for name, v in z.items() if v is not None and abs(v) >= NOTABLE_Z),
-        key=lambda kv: (-abs(kv[1]), kv[0]),
-    )[:2]
-    if not notable:
-        return "Typical customers"
-    words = [f"{'high' if v > 0 else 'low'} {name.replace('_', ' ')}" for name, v in notable]
-    return ", ".join(words).capitalize()
+# --------------------------------------------------------------------------- names
 
 
-def segment_names(z_scores: Mapping[int, Mapping[str, float | None]]) -> dict[int, str]:
-    """Names for every segment; segments that would share a name get their id appended,
-    so each name identifies one segment."""
-    names = {sid: (UNSEGMENTED_NAME if sid < 0 else segment_name(z)) for sid, z in z_scores.items()}
-    counts: dict[str, int] = {}
-    for name in names.values():
-        counts[name] = counts.get(name, 0) + 1
-    return {sid: f"{name} #{sid}" if counts[name] > 1 else name for sid, name in names.items()}
+def summaries(sizes: Sequence[Mapping[str, Any]], per_feature: Sequence[Mapping[str, Any]]) -> list[SegmentSummary]:
+    """segment_sizes rows and feature_profiles rows -> one summary per segment, by id."""
+    medians: dict[int, dict[str, float | None]] = {}
+    ranks: dict[int, dict[str, float | None]] = {}
+    for r in per_feature:
+        medians.setdefault(r[c.SEGMENT_ID], {})[r[FEATURE]] = r[MEDIAN]
+        ranks.setdefault(r[c.SEGMENT_ID], {})[r[FEATURE]] = r[PERCENTILE_RANK]
+    return [
+        SegmentSummary(
+            segment_id=r[c.SEGMENT_ID],
+            customers=r[CUSTOMERS],
+            customer_share=r[CUSTOMER_SHARE],
+            revenue_share=r[REVENUE_SHARE],
+            revenue_index=r[REVENUE_INDEX],
+            medians=medians.get(r[c.SEGMENT_ID], {}),
+            ranks=ranks.get(r[c.SEGMENT_ID], {}),
+        )
+        for r in sorted(sizes, key=lambda r: r[c.SEGMENT_ID])
+    ]
+
+
+# --------------------------------------------------------------------------- the job
 
 
 def profile_features(cfg: Config, available: Sequence[str]) -> list[str]:
@@ -176,6 +203,12 @@ def profile_features(cfg: Config, available: Sequence[str]) -> list[str]:
     attributes = [name for name, kind in cfg.attributes.items() if kind == "numeric"]
     wanted = [*cfg.segment.features, *numeric, *attributes]
     return list(dict.fromkeys(f for f in wanted if f in available and cfg.attributes.get(f) != "categorical"))
+
+
+NAMING_SCHEMA = ", ".join(
+    [f"{c.SEGMENT_ID} INT", f"{SEGMENT_NAME} STRING", f"{DESCRIPTION} STRING", f"{VALUE_TIER} STRING"]
+    + [f"{column} DOUBLE" for column in MEDIAN_COLUMNS.values()]
+)
 
 
 def run(spark: SparkSession, cfg: Config) -> DataFrame:
@@ -190,19 +223,29 @@ def run(spark: SparkSession, cfg: Config) -> DataFrame:
         raise ValueError("nothing to profile: no numeric feature or attribute in the features table")
     per_feature = labelled.transform(feature_profiles(names_of)).persist()
     try:
-        z_rows = per_feature.select(c.SEGMENT_ID, FEATURE, Z_SCORE).collect()  # k x features rows
-        z_scores: dict[int, dict[str, float | None]] = {}
-        for r in z_rows:
-            z_scores.setdefault(r[c.SEGMENT_ID], {})[r[FEATURE]] = r[Z_SCORE]
-        names = segment_names(z_scores)
-        run_info = labels.select(c.RUN_ID, c.MODEL_VERSION, c.AS_OF_DATE).limit(1)
-        name_rows = spark.createDataFrame(list(names.items()), f"{c.SEGMENT_ID} INT, {SEGMENT_NAME} STRING")
+        feature_rows = per_feature.select(c.SEGMENT_ID, FEATURE, MEDIAN, PERCENTILE_RANK).collect()  # k x features
         sizes = labelled.transform(segment_sizes(cfg.segment.value_feature))
+        size_rows = sizes.collect()  # k + 1 rows
+        segments = summaries(size_rows, feature_rows)
+        namings = name_segments(segments, names_of, cfg.segment.value_feature)
+        named = spark.createDataFrame(
+            [
+                (s.segment_id, namings[s.segment_id].name, namings[s.segment_id].description,
+                 namings[s.segment_id].value_tier, *(s.medians.get(f) for f in MEDIAN_COLUMNS))
+                for s in segments
+            ],
+            NAMING_SCHEMA,
+        )  # fmt: skip
+        run_info = labels.select(c.RUN_ID, c.MODEL_VERSION, c.AS_OF_DATE).limit(1)
         profiles = (
-            sizes.join(name_rows, on=c.SEGMENT_ID, how="left")
+            spark.createDataFrame(size_rows, sizes.schema)
+            .join(named, on=c.SEGMENT_ID, how="left")
             .crossJoin(run_info)
-            .select(c.RUN_ID, c.MODEL_VERSION, c.AS_OF_DATE, c.SEGMENT_ID, SEGMENT_NAME, *sizes.columns[1:])
-        )
+            .select(
+                c.RUN_ID, c.MODEL_VERSION, c.AS_OF_DATE, c.SEGMENT_ID, SEGMENT_NAME, DESCRIPTION, VALUE_TIER,
+                *sizes.columns[1:], *MEDIAN_COLUMNS.values(),
+            )
+        )  # fmt: skip
         io.overwrite(profiles, io.table_ref(cfg.storage, tables.segment_profiles))
         io.overwrite(
             per_feature.crossJoin(run_info).select(c.RUN_ID, c.MODEL_VERSION, c.AS_OF_DATE, *per_feature.columns),
@@ -210,5 +253,5 @@ def run(spark: SparkSession, cfg: Config) -> DataFrame:
         )
     finally:
         per_feature.unpersist()
-    log.info("segment names: %s", names)
+    log.info("segment names: %s", {sid: n.name for sid, n in namings.items()})
     return io.read(spark, io.table_ref(cfg.storage, tables.segment_profiles))

@@ -470,10 +470,12 @@ def fmt_share(value: Any) -> str:
 SEGMENT_COLUMNS: dict[str, tuple[str, Callable[[Any], str]]] = {
     c.SEGMENT_ID: ("Segment", str),
     "segment_name": ("Name", fmt_text),
+    "description": ("Description", fmt_text),
     CUSTOMERS: ("Customers", fmt_count),
     "customer_share": ("Share of customers", fmt_share),
     "revenue": ("Revenue", fmt_number),
     "revenue_share": ("Share of revenue", fmt_share),
+    "revenue_index": ("Revenue index", lambda v: fmt_number(v, 0)),
     "dominant_rfm_segment": ("Dominant RFM segment", fmt_text),
     "dominant_rfm_share": ("its share", fmt_share),
 }
