@@ -118,6 +118,28 @@ def demo_raw(spark: SparkSession, demo_config: Config) -> Path:
     return raw
 
 
+# The realistic scenario: customers like a real retailer's, overlapping, heavy-tailed,
+# with no planted groups (conf/realistic.yaml, at the size it is calibrated on).
+REALISTIC_SETTINGS = (
+    "demo.scenario=realistic", "demo.customers=4000", "demo.start_date=2023-01-01", "demo.end_date=2025-01-01",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def realistic_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    base = shared_dir(tmp_path_factory) / "realistic-lake"
+    base.mkdir(exist_ok=True)
+    return make_config(base, *REALISTIC_SETTINGS, f"report.dir={base / 'reports'}")
+
+
+@pytest.fixture(scope="session")
+def realistic_raw(spark: SparkSession, realistic_config: Config) -> Path:
+    """The realistic scenario's sources, generated once per test run (across workers)."""
+    raw = Path(realistic_config.demo.raw_dir)
+    build_once(raw.with_name("raw.done"), lambda: datagen.generate(spark, realistic_config.demo))
+    return raw
+
+
 @pytest.fixture(scope="session")
 def demo_lake(spark: SparkSession, demo_config: Config, demo_raw: Path) -> Path:
     """The lake of one run of the whole pipeline (ingest to report, run id ``DEMO_RUN_ID``)

@@ -78,6 +78,9 @@ class DemoConfig:
     seed: int
     start_date: dt.date
     end_date: dt.date
+    # archetypes: four planted groups for the recovery tests; realistic: retail-like
+    # customers with no planted groups (see custseg.datagen)
+    scenario: Literal["archetypes", "realistic"] = "archetypes"
 
 
 @dataclass(frozen=True)
