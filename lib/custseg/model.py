@@ -336,8 +336,11 @@ def stability_of_k(
     vectors: DataFrame, models: dict[int, Model], seg: SegmentConfig, bootstrap: int, threshold: float
 ) -> Callable[[int], float]:
     """``k -> the lowest mean best-match Jaccard over k's segments``: the sweep's model of
-    k against ``bootstrap`` refits of k (with restarts) on resamples of ``vectors``. The
-    resamples are the same for every k, so ks are compared on the same draws."""
+    k against ``bootstrap`` refits of k (with restarts) on resamples of ``vectors``, each
+    from other seeds: a k whose segments depend on the sample or on where the restarts
+    happened to land is not one to act on (on realistic data, k = 6 with three restarts
+    agreed across seeds at ARI 0.62 to 0.93). The resamples and seeds are the same for
+    every k, so ks are compared on the same draws."""
 
     def measure(k: int) -> float:
         reference = models[k].transform(vectors).select(c.CUSTOMER_ID, F.col(PREDICTION).alias(c.SEGMENT_ID))
@@ -351,6 +354,7 @@ def stability_of_k(
             threshold=threshold,
             fit_seed=seg.seed,
             what=f"k={k} stability",
+            reseed=True,
         )
         return min((s.mean_jaccard for s in report.segments), default=0.0)
 

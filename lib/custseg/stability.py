@@ -140,6 +140,7 @@ def stability(
     threshold: float = 0.75,
     fit_seed: int | None = None,
     what: str = "stability",
+    reseed: bool = False,
 ) -> StabilityReport:
     """Refit once per seed on all of ``vectors``, then ``bootstrap`` times with the first
     seed on resamples (with replacement, same size on average), predict every customer
@@ -148,7 +149,9 @@ def stability(
 
     ``vectors``: customer_id, features_vector. ``reference``: customer_id, segment_id
     (placed customers only). ``estimator_for(seed)``: an unfitted clusterer predicting
-    into ``cluster``. ``what`` names the progress lines.
+    into ``cluster``. ``what`` names the progress lines. With ``reseed``, bootstrap
+    replicate i is fitted with ``fit_seed + i`` instead, so that it varies both the
+    sample and the clusterer's seeding, as Hennig's clusterboot does.
     """
     if fit_seed is None and not seeds:
         raise ValueError("stability needs at least one seed")
@@ -156,7 +159,7 @@ def stability(
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
     plan = [(SEED, i, seed, None) for i, seed in enumerate(seeds, start=1)]
-    plan += [(BOOTSTRAP, i, fit_seed, bootstrap_seed + i) for i in range(1, bootstrap + 1)]
+    plan += [(BOOTSTRAP, i, fit_seed + i if reseed else fit_seed, bootstrap_seed + i) for i in range(1, bootstrap + 1)]
 
     owned = not vectors.is_cached  # a caller's cache is the caller's to release
     if owned:
