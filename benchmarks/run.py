@@ -173,6 +173,7 @@ def model_spec(overrides: Sequence[str]) -> dict[str, Any]:
         "pca_components": seg.pca_components or seg.pca_variance,  # scikit-learn takes a count or a share
         "seed": seg.seed,
         "max_iter": seg.max_iter,
+        "restarts": seg.restarts,
         "k_min": seg.k_min,
         "k_max": seg.k_max,
         "silhouette_tolerance": seg.silhouette_tolerance,
