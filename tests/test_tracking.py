@@ -3,6 +3,8 @@ never fails a job."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import math
 
@@ -95,3 +97,13 @@ def test_unreachable_tracking_server_warns_and_does_not_fail(tmp_path, monkeypat
     finally:
         mlflow.set_tracking_uri(None)
     assert "mlflow: could not log the report of run r1" in caplog.text
+
+
+def test_segment_params_are_redacted(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUSTSEG_TEST_VALUE", "param-secret-5521")
+    cfg = make_config(tmp_path, "mlflow.experiment=${CUSTSEG_TEST_VALUE}")  # the loader remembers it
+    sweep = [SweepPoint(3, 4.0, 0.7, 60.0, 0.5)]
+    result = dataclasses.replace(result_with(sweep), matched_to="kmeans-k3-param-secret-5521;token=abc")
+    params = tracking.segment_params(cfg, result, dt.date(2025, 1, 1))
+    assert params["matched_to"] == "kmeans-k3-***;token=***"
+    assert params["k"] == "3" and params["as_of_date"] == "2025-01-01"

@@ -4,7 +4,8 @@ The same ``main`` serves the console command, the thin scripts in ``jobs/`` that
 spark-submit runs, and a Databricks wheel task. It parses flags, loads the config,
 configures logging, gets the session, calls the stage's ``run`` and returns an exit
 code: 0 on success, 2 for a configuration or input problem (with a message that says
-what to fix), 1 for anything else.
+what to fix), 1 for anything else. Every log record is redacted (``custseg.redaction``):
+no secret from the config reaches the output.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from custseg import __version__, customers, datagen, features, ingest, io, model
 from custseg import columns as c
 from custseg.config import Config, ConfigError, load_config, redacted
 from custseg.evaluate import adjusted_rand_index
+from custseg.redaction import install_log_redaction
 from custseg.sources import SourceError
 from custseg.spark import MasterUnreachableError, MissingJarsError, garbage_collected_at_the_end, get_spark
 
@@ -244,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    install_log_redaction()
+    logging.captureWarnings(True)  # warnings go through the redacted log too
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

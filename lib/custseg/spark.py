@@ -17,6 +17,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from custseg.config import SparkConfig
+from custseg.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def _connect_session(cfg: SparkConfig, remote: str, origin: str) -> SparkSession
     # interpreter shutdown that call hangs for good (grpc cannot start a thread then).
     # Stopping the session first turns those calls into no-ops.
     atexit.register(spark.stop)
-    log.info("Spark %s Connect session ready (remote %s, from %s)", spark.version, remote, origin)
+    log.info("Spark %s Connect session ready (remote %s, from %s)", spark.version, redact(remote), origin)
     if skipped:
         log.info("left to the Connect server (not settable by a client): %s", ", ".join(skipped))
     return spark

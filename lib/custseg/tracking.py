@@ -12,7 +12,8 @@ Credentials for a tracking server come from mlflow's environment variables
 (``MLFLOW_TRACKING_TOKEN`` and so on), never from config files.
 
 Tracking never fails a job: the segments are already in Delta when it runs, so an
-unreachable tracking server is a warning, not a lost run.
+unreachable tracking server is a warning, not a lost run. Params are masked by
+``redaction.redact``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from pyspark.ml import PipelineModel
 
 from custseg.config import Config
+from custseg.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def segment_params(cfg: Config, result: Any, as_of: dt.date) -> dict[str, str]:
         "matched_to": result.matched_to,
         "customers": result.customers,
     }
-    return {k: str(v) for k, v in params.items()}
+    return {k: redact(str(v)) for k, v in params.items()}
 
 
 def segment_metrics(result: Any, stability: Any | None) -> tuple[dict[str, float], list[tuple[str, float, int]]]:
@@ -112,12 +114,12 @@ def log_segment_run(
 
             # Pinning the requirement skips mlflow's slow inference of the environment.
             mlflow.spark.log_model(model, "model", pip_requirements=[f"pyspark=={_pyspark_version()}"])
-        log.info("mlflow: logged run %s to %s (experiment %s)", active.info.run_id, mlflow.get_tracking_uri(),
-                 cfg.mlflow.experiment)  # fmt: skip
+        log.info("mlflow: logged run %s to %s (experiment %s)", active.info.run_id,
+                 redact(mlflow.get_tracking_uri()), redact(cfg.mlflow.experiment))  # fmt: skip
         return active.info.run_id
     except Exception as exc:  # tracking is a second view of what Delta already holds
         log.warning("mlflow: could not log run %s (%s: %s); the Delta tables are complete", run_id,
-                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")  # fmt: skip
+                    type(exc).__name__, _first_line(exc))  # fmt: skip
         return None
 
 
@@ -137,8 +139,12 @@ def log_report(cfg: Config, run_id: str, report_dir: str) -> str | None:
         return mlflow_run
     except Exception as exc:
         log.warning("mlflow: could not log the report of run %s (%s: %s)", run_id, type(exc).__name__,
-                    str(exc).splitlines()[0] if str(exc) else "")  # fmt: skip
+                    _first_line(exc))  # fmt: skip
         return None
+
+
+def _first_line(exc: Exception) -> str:
+    return redact(str(exc).splitlines()[0]) if str(exc) else ""
 
 
 def _pyspark_version() -> str:
