@@ -7,13 +7,14 @@ import dataclasses
 import datetime as dt
 import logging
 import math
+import time
 
 import mlflow
 import mlflow.spark
 import pytest
 from chispa import assert_df_equality
 
-from custseg import model, tracking
+from custseg import model, standalone, tracking
 from custseg.evaluate import SweepPoint
 from custseg.model import SegmentResult
 from tests.conftest import make_config
@@ -97,6 +98,28 @@ def test_unreachable_tracking_server_warns_and_does_not_fail(tmp_path, monkeypat
     finally:
         mlflow.set_tracking_uri(None)
     assert "mlflow: could not log the report of run r1" in caplog.text
+
+
+def test_unreachable_tracking_server_is_one_bounded_warning_without_the_secret(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MY_SECRET", "s3cr3t-Zq9x-7731")
+    port = standalone.free_port()  # nothing listens there; mlflow's own retries are left at their defaults
+    cfg = make_config(
+        tmp_path, "mlflow.enabled=true", f"mlflow.tracking_uri=http://user:${{MY_SECRET}}@127.0.0.1:{port}"
+    )
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.INFO, logger="custseg.tracking"):
+            assert tracking.log_segment_run(cfg, "r1", None, dt.date(2025, 1, 1), None, None) is None
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert time.monotonic() - started < 10
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"mlflow: could not log run r1 (TrackingServerUnreachable: tracking server "
+                    f"http://user:***@127.0.0.1:{port} is not reachable (Connection refused)); the Delta tables "
+                    "are complete"),
+    ]  # fmt: skip
+    assert "s3cr3t-Zq9x-7731" not in caplog.text
 
 
 def test_segment_params_are_redacted(tmp_path, monkeypatch):

@@ -31,12 +31,18 @@ from custseg.config import Config, ConfigError, load_config, redacted
 from custseg.evaluate import adjusted_rand_index
 from custseg.redaction import install_log_redaction
 from custseg.sources import SourceError
-from custseg.spark import MasterUnreachableError, MissingJarsError, garbage_collected_at_the_end, get_spark
+from custseg.spark import (
+    ConnectServerUnreachableError,
+    MasterUnreachableError,
+    MissingJarsError,
+    garbage_collected_at_the_end,
+    get_spark,
+)
 
 log = logging.getLogger("custseg")
 
 ENV_VAR = "CUSTSEG_ENV"
-USER_ERRORS = (ConfigError, SourceError, MissingJarsError, MasterUnreachableError)
+USER_ERRORS = (ConfigError, SourceError, MissingJarsError, MasterUnreachableError, ConnectServerUnreachableError)
 
 
 def new_run_id() -> str:

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import sys
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from custseg.config import SparkConfig
+from custseg.config import ConfigError, SparkConfig
 from custseg.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,12 @@ class MasterUnreachableError(RuntimeError):
     """No host of a ``spark://`` master accepts connections."""
 
 
+class ConnectServerUnreachableError(RuntimeError):
+    """The Spark Connect server of an ``sc://`` URL does not accept connections."""
+
+
 MASTER_CONNECT_TIMEOUT = 3.0  # seconds per host of a spark:// master, for the pre-flight check
+CONNECT_DEFAULT_PORT = 15002  # Spark Connect's port when the URL names none
 
 
 def check_master(master: str | None, timeout: float = MASTER_CONNECT_TIMEOUT) -> None:
@@ -60,6 +66,33 @@ def check_master(master: str | None, timeout: float = MASTER_CONNECT_TIMEOUT) ->
     raise MasterUnreachableError(
         f"Spark master {master} is not reachable ({'; '.join(failures)}). Check that the master is running "
         f"and that --master (or spark.master) matches the URL its log shows after 'Starting Spark master at'."
+    )
+
+
+def check_connect_server(remote: str, origin: str, timeout: float = MASTER_CONNECT_TIMEOUT) -> None:
+    """Fail fast when the server of a Spark Connect URL (``sc://host[:port]/;params``)
+    does not accept a TCP connection: the client would otherwise retry in silence for a
+    quarter of an hour or more. ``local[N]`` (a server this process starts) is not checked.
+    The message names the host and port only: the URL's parameters may hold a token."""
+    if not remote.startswith("sc://"):
+        return
+    try:
+        parts = urllib.parse.urlsplit(remote)
+        host, port = parts.hostname, parts.port or CONNECT_DEFAULT_PORT
+        if not host:
+            raise ValueError("no host")
+    except ValueError as exc:
+        raise ConfigError(
+            f"{origin}: '{redact(remote)}' is not a Spark Connect URL sc://host[:port][/;name=value...] ({exc})"
+        ) from None
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+    raise ConnectServerUnreachableError(
+        f"Spark Connect server sc://{host}:{port} (from {origin}) is not reachable ({reason}). Check that the "
+        f"server is running (sbin/start-connect-server.sh) and that {origin} names its host and port."
     )
 
 
@@ -172,6 +205,7 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     and ``spark.master`` is ignored: a Connect URL replaces the master."""
     remote, origin = remote_url(cfg)
     if remote:
+        check_connect_server(remote, origin)
         return _connect_session(cfg, remote, origin)
     if _is_local(cfg):
         # A laptop's hostname often resolves to loopback; say so instead of warning.

@@ -12,8 +12,9 @@ Credentials for a tracking server come from mlflow's environment variables
 (``MLFLOW_TRACKING_TOKEN`` and so on), never from config files.
 
 Tracking never fails a job: the segments are already in Delta when it runs, so an
-unreachable tracking server is a warning, not a lost run. Params are masked by
-``redaction.redact``.
+unreachable tracking server is a warning, not a lost run. An HTTP tracking server is
+first checked with a TCP connection bounded by ``SERVER_CONNECT_TIMEOUT`` (mlflow's own
+client would retry for minutes); params are masked by ``redaction.redact``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import datetime as dt
 import importlib.util
 import logging
 import math
+import os
+import socket
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +37,11 @@ from custseg.redaction import redact
 log = logging.getLogger(__name__)
 
 RUN_TAG = "custseg.run_id"
+SERVER_CONNECT_TIMEOUT = 3.0  # seconds for the TCP check of an http(s) tracking server
+
+
+class TrackingServerUnreachable(RuntimeError):
+    """The tracking server does not accept connections; the message says which."""
 
 
 def available(cfg: Config) -> bool:
@@ -40,7 +49,29 @@ def available(cfg: Config) -> bool:
     return cfg.mlflow.enabled and importlib.util.find_spec("mlflow") is not None
 
 
+def tracking_uri(cfg: Config) -> str | None:
+    """Where runs go: ``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``; None: mlflow's default."""
+    return cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def check_server(uri: str | None, timeout: float = SERVER_CONNECT_TIMEOUT) -> None:
+    """Raise TrackingServerUnreachable when an http(s) tracking server does not accept a
+    TCP connection within ``timeout``. Local stores (sqlite:, file:, a path) and
+    ``databricks`` are not checked."""
+    if not uri or not uri.startswith(("http://", "https://")):
+        return
+    parts = urllib.parse.urlsplit(uri)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    raise TrackingServerUnreachable(f"tracking server {redact(uri)} is not reachable ({reason})")
+
+
 def _mlflow(cfg: Config):
+    check_server(tracking_uri(cfg))
     import mlflow
 
     if cfg.mlflow.tracking_uri:
