@@ -3,16 +3,26 @@ what to fix, no traceback, and no secret anywhere in the output."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from pathlib import Path
 
 import pytest
 
-from custseg import standalone
+from custseg import io, standalone
+from custseg.config import StorageConfig
 from tests.test_e2e import run_cli
 
 SECRET = "s3cr3t-Zq9x-7731"
+TRANSACTIONS = (
+    "txn_id STRING, source STRING, customer_id STRING, invoice_id STRING, line_id STRING, product_id STRING, "
+    "quantity DOUBLE, unit_price DOUBLE, amount DOUBLE, event_ts TIMESTAMP, store STRING, channel STRING, "
+    "txn_type STRING, is_extreme BOOLEAN, source_file STRING, run_id STRING"
+)
+FEATURES = (
+    "customer_id STRING, as_of_date DATE, recency_days INT, frequency LONG, monetary DOUBLE, avg_order_value DOUBLE"
+)
 
 
 @pytest.fixture
@@ -34,6 +44,65 @@ def outcome(capsys, caplog) -> tuple[list[str], str]:
 def assert_one_line(errors: list[str], everything: str, expected: str) -> None:
     assert errors == [expected]
     assert "Traceback" not in everything and "\tat org.apache" not in everything  # no Python or Java trace
+
+
+def write_table(spark, lake: Path, name: str, rows: list[tuple], schema: str) -> str:
+    ref = io.table_ref(StorageConfig("path", str(lake), None), name)
+    io.overwrite(spark.createDataFrame(rows, schema), ref)
+    return ref.path
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def test_main_ingest_every_source_empty_exits_2_naming_the_sources(spark, lake, capsys, caplog):
+    for name in ("pos/empty.csv", "web/empty.json"):
+        raw = lake.parent / "raw" / name
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_bytes(b"")
+    assert run_cli("ingest") == 2
+    expected = "every configured source is empty, nothing to ingest: pos (data/raw/pos), web (data/raw/web)"
+    assert_one_line(*outcome(capsys, caplog), expected)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_main_features_without_a_transactions_table_exits_2(spark, lake, capsys, caplog):
+    assert run_cli("features") == 2
+    assert_one_line(*outcome(capsys, caplog), f"no transactions table at {lake / 'transactions'}: run ingest first")
+
+
+def test_main_features_on_an_empty_transactions_table_exits_2(spark, lake, capsys, caplog):
+    path = write_table(spark, lake, "transactions", [], TRANSACTIONS)
+    assert run_cli("features") == 2
+    expected = f"the transactions table {path} is empty: run ingest first, or check its quarantine"
+    assert_one_line(*outcome(capsys, caplog), expected)
+
+
+# --------------------------------------------------------------------------- segment, score
+
+
+def test_main_segment_without_a_features_table_exits_2(spark, lake, capsys, caplog):
+    assert run_cli("segment") == 2
+    expected = f"no customer features table at {lake / 'customer_features'}: run the features job first"
+    assert_one_line(*outcome(capsys, caplog), expected)
+
+
+def test_main_score_without_a_features_table_exits_2(spark, lake, capsys, caplog):
+    assert run_cli("score") == 2
+    expected = f"no customer features table at {lake / 'customer_features'}: run the features job first"
+    assert_one_line(*outcome(capsys, caplog), expected)
+
+
+def test_main_score_without_a_model_exits_2(spark, lake, capsys, caplog):
+    write_table(spark, lake, "customer_features", [("c1", dt.date(2025, 1, 1), 3, 2, 10.0, 5.0)], FEATURES)
+    assert run_cli("score") == 2
+    expected = f"no model on record in {lake / 'segment_models'}: run the segment job first"
+    assert_one_line(*outcome(capsys, caplog), expected)
+
+
+# --------------------------------------------------------------------------- remotes, secrets, config log
 
 
 def test_main_unreachable_connect_server_exits_2_within_10s_without_the_token(lake, monkeypatch, capsys, caplog):

@@ -3,9 +3,9 @@
 The same ``main`` serves the console command, the thin scripts in ``jobs/`` that
 spark-submit runs, and a Databricks wheel task. It parses flags, loads the config,
 configures logging, gets the session, calls the stage's ``run`` and returns an exit
-code: 0 on success, 2 for a configuration or input problem (with a message that says
-what to fix), 1 for anything else. Every log record is redacted (``custseg.redaction``):
-no secret from the config reaches the output.
+code: 0 on success, 2 for a configuration, input or prerequisite problem (one line that
+says what to fix, no traceback unless --debug), 1 for anything else. Every log record is
+redacted (``custseg.redaction``): no secret from the config reaches the output.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from custseg import __version__, customers, datagen, features, ingest, io, model
 from custseg import columns as c
 from custseg.config import Config, ConfigError, load_config, redacted
 from custseg.evaluate import adjusted_rand_index
+from custseg.io import PrerequisiteError
 from custseg.redaction import install_log_redaction
 from custseg.sources import SourceError
 from custseg.spark import (
@@ -42,7 +43,11 @@ from custseg.spark import (
 log = logging.getLogger("custseg")
 
 ENV_VAR = "CUSTSEG_ENV"
-USER_ERRORS = (ConfigError, SourceError, MissingJarsError, MasterUnreachableError, ConnectServerUnreachableError)
+# Exit code 2, one line, no traceback (unless --debug): what the user can fix.
+USER_ERRORS = (
+    ConfigError, SourceError, PrerequisiteError, MissingJarsError, MasterUnreachableError,
+    ConnectServerUnreachableError,
+)  # fmt: skip
 
 
 def new_run_id() -> str:

@@ -167,11 +167,13 @@ def rfm_segments(
     return transform
 
 
-def default_as_of(txns: DataFrame) -> dt.date:
+def default_as_of(txns: DataFrame, source: io.TableRef | str = "transactions") -> dt.date:
     """The day after the newest transaction: the usual snapshot date for RFM."""
     newest = txns.agg(F.max(F.to_date(c.EVENT_TS)).alias("d")).first()["d"]
     if newest is None:
-        raise ValueError("the transactions table is empty: run ingest first, or check its quarantine")
+        raise io.PrerequisiteError(
+            f"the transactions table {source} is empty: run ingest first, or check its quarantine"
+        )
     return newest + dt.timedelta(days=1)
 
 
@@ -204,7 +206,11 @@ def run(spark: SparkSession, cfg: Config) -> dt.date:
     attributes alone, as of ``features.as_of_date`` (which is then required).
     """
     names = list(cfg.attributes)
-    attributes = io.read(spark, io.table_ref(cfg.storage, cfg.tables.customer_attributes)) if names else None
+    attributes = (
+        io.read_required(spark, io.table_ref(cfg.storage, cfg.tables.customer_attributes), "customer attributes",
+                         "ingest (with ingest.customers)")
+        if names else None
+    )  # fmt: skip
     if not cfg.sources:
         if cfg.features.as_of_date is None:
             raise ConfigError("features.as_of_date: required when there are no transaction sources (ingest.sources)")
@@ -213,8 +219,8 @@ def run(spark: SparkSession, cfg: Config) -> dt.date:
         io.overwrite(features, io.table_ref(cfg.storage, cfg.tables.features))
         return as_of
     source = io.table_ref(cfg.storage, cfg.tables.transactions)
-    txns = io.read(spark, source)
-    as_of = cfg.features.as_of_date or default_as_of(txns)
+    txns = io.read_required(spark, source, "transactions", "ingest")
+    as_of = cfg.features.as_of_date or default_as_of(txns, source)
     log.info("features as of %s from %s", as_of, source)
     features = txns.transform(customer_features(as_of))
     if attributes is not None:
