@@ -12,6 +12,7 @@ import pytest
 
 from custseg import io, standalone
 from custseg.config import StorageConfig
+from tests.conftest import CONF
 from tests.test_e2e import run_cli
 
 SECRET = "s3cr3t-Zq9x-7731"
@@ -63,6 +64,19 @@ def test_main_ingest_every_source_empty_exits_2_naming_the_sources(spark, lake, 
     assert run_cli("ingest") == 2
     expected = "every configured source is empty, nothing to ingest: pos (data/raw/pos), web (data/raw/web)"
     assert_one_line(*outcome(capsys, caplog), expected)
+
+
+def test_main_ingest_empty_source_folder_exits_2_naming_source_and_folder(spark, lake, capsys, caplog):
+    folder = lake.parent / "raw" / "pos"
+    folder.mkdir(parents=True)
+    assert run_cli("ingest") == 2
+    errors, everything = outcome(capsys, caplog)
+    expected = (
+        f"source 'pos' ({CONF / 'sources' / 'demo_pos.yaml'}): path: {folder} holds no files (Spark skips names "
+        "that start with '_' or '.'); check the path, or put the source's files there"
+    )
+    assert_one_line(errors, everything, expected)
+    assert "Unable to infer schema" not in everything
 
 
 # --------------------------------------------------------------------------- features
