@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from delta.tables import DeltaTable
 
 from custseg import io, standalone
 from custseg.config import StorageConfig
@@ -53,6 +54,10 @@ def write_table(spark, lake: Path, name: str, rows: list[tuple], schema: str) ->
     return ref.path
 
 
+def version(spark, path: str) -> int:
+    return DeltaTable.forPath(spark, path).history(1).first()["version"]
+
+
 # --------------------------------------------------------------------------- ingest
 
 
@@ -92,6 +97,40 @@ def test_main_features_on_an_empty_transactions_table_exits_2(spark, lake, capsy
     assert run_cli("features") == 2
     expected = f"the transactions table {path} is empty: run ingest first, or check its quarantine"
     assert_one_line(*outcome(capsys, caplog), expected)
+
+
+def one_purchase(day: str) -> tuple:
+    return ("t1", "pos", "c1", "i1", "1", "p1", 1.0, 5.0, 5.0, dt.datetime.fromisoformat(day), "s1", "pos", "purchase",
+            False, "a.csv", "r0")  # fmt: skip
+
+
+def test_main_features_as_of_before_every_transaction_exits_2_and_leaves_the_table(spark, lake, capsys, caplog):
+    txns = write_table(spark, lake, "transactions", [one_purchase("2024-06-01T10:00:00")], TRANSACTIONS)
+    features = write_table(spark, lake, "customer_features", [("c0", None, 1, 1, 1.0, 1.0)], FEATURES)
+    before = version(spark, features)
+    assert run_cli("features", "features.as_of_date=2024-01-01") == 2
+    expected = (
+        f"features.as_of_date 2024-01-01 is before every transaction in {txns} (the first is on 2024-06-01): no "
+        "customer has any history. The features table is left as it was; choose a later date, or set "
+        "features.allow_empty: true to write an empty one on purpose"
+    )
+    assert_one_line(*outcome(capsys, caplog), expected)
+    assert version(spark, features) == before
+    assert [r["customer_id"] for r in spark.read.format("delta").load(features).collect()] == ["c0"]
+
+
+def test_main_features_as_of_before_every_transaction_writes_an_empty_table_when_allowed(spark, lake, capsys, caplog):
+    txns = write_table(spark, lake, "transactions", [one_purchase("2024-06-01T10:00:00")], TRANSACTIONS)
+    features = write_table(spark, lake, "customer_features", [("c0", None, 1, 1, 1.0, 1.0)], FEATURES)
+    before = version(spark, features)
+    assert run_cli("features", "features.as_of_date=2024-01-01", "features.allow_empty=true") == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("custseg")]
+    assert warnings == [
+        f"features.as_of_date 2024-01-01 is before every transaction in {txns} (the first is on 2024-06-01): "
+        "writing an empty features table (features.allow_empty)"
+    ]
+    assert version(spark, features) == before + 1
+    assert spark.read.format("delta").load(features).count() == 0
 
 
 # --------------------------------------------------------------------------- segment, score

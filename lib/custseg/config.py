@@ -99,6 +99,9 @@ class FeaturesConfig:
     as_of_date: dt.date | None  # None: the day after the newest accepted transaction
     log1p: list[str]  # skewed features that enter the model as log1p(max(x, 0))
     cap_quantile: float | None  # cap model features at this quantile before log1p; None: no cap
+    # An as-of date before every transaction: false refuses (the table stays as it was),
+    # true writes an empty features table on purpose.
+    allow_empty: bool = False
 
 
 @dataclass(frozen=True)
