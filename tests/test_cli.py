@@ -1,10 +1,14 @@
 """What a user sees when something is missing or wrong: exit code 2, one line that says
-what to fix, no traceback, and no secret anywhere in the output."""
+what to fix, no traceback, and no secret anywhere in the output; the effective config
+compact at INFO, in full only with --debug."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +17,7 @@ from delta.tables import DeltaTable
 
 from custseg import io, standalone
 from custseg.config import StorageConfig
-from tests.conftest import CONF
+from tests.conftest import CONF, JVM_OPTIONS, ROOT, TEST_SETTINGS
 from tests.test_e2e import run_cli
 
 SECRET = "s3cr3t-Zq9x-7731"
@@ -171,4 +175,66 @@ def test_main_unreachable_connect_server_exits_2_within_10s_without_the_token(la
     )
     assert_one_line(errors, everything, expected)
     assert SECRET not in everything
-    assert f'"sc://127.0.0.1:{port}/;token=***"' in everything  # the config line, masked
+    assert f"sc://127.0.0.1:{port}/;token=***" in everything  # the config line, masked
+
+
+def config_lines(caplog) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("effective config")]
+
+
+def test_main_logs_the_config_changes_at_info_and_all_of_it_only_at_debug(lake, tmp_path, capsys, caplog):
+    # Missing Delta jars stop the run before any Spark session: a cheap run that logs its config.
+    jars = tmp_path / "no-jars"
+    assert run_cli("features", f"spark.delta_jars_dir={jars}") == 2
+    ((level, compact),) = config_lines(caplog)
+    assert level == "INFO"
+    assert compact.startswith(f"effective config, where it differs from {CONF / 'base.yaml'} (--debug shows all): {{")
+    assert f'"spark.delta_jars_dir": "{jars}"' in compact and '"segment.k_max": 6' in compact
+    assert "rfm.segments" not in compact and "tables." not in compact  # base.yaml's defaults are not repeated
+    caplog.clear()
+
+    caplog.set_level(logging.DEBUG)  # as --debug sets it (basicConfig does not, under pytest)
+    assert run_cli("features", f"spark.delta_jars_dir={jars}") == 2
+    assert [level for level, _ in config_lines(caplog)] == ["INFO", "DEBUG"]
+    full = config_lines(caplog)[1][1]
+    assert '"segments": [{"f": [4, 5], "name": "Champions", "r": [5]}' in full and '"tables": {' in full
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The console command in a process of its own: everything it prints, the JVM's too."""
+    env = {**os.environ, "MY_SECRET": SECRET, "PYTHONPATH": os.pathsep.join([str(ROOT / "lib"), str(ROOT)])}
+    command = [sys.executable, "-m", "custseg.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_command_with_secrets_in_its_config_prints_none_of_them(tmp_path):
+    sources = [str(CONF / "sources" / "demo_pos.yaml"), str(CONF / "sources" / "demo_web.yaml")]
+    settings = [
+        *TEST_SETTINGS,
+        f"ingest.sources={sources}",
+        "mlflow.tracking_uri=https://user:${MY_SECRET}@127.0.0.1:1",
+        "mlflow.experiment=exp-${MY_SECRET}",
+        "spark.conf.spark.hadoop.fs.azure.sas.container.account.blob.core.windows.net=${MY_SECRET}",
+        "spark.conf.spark.driver.memory=1g",
+        f"spark.conf.spark.driver.extraJavaOptions={JVM_OPTIONS}",
+    ]
+    args = ["features", "--debug", "--config", str(CONF / "base.yaml"), "--config", str(CONF / "local.yaml")]
+    run = cli(*args, *[a for s in settings for a in ("--set", s)], cwd=tmp_path)  # a lake that is not there
+
+    everything = run.stdout + run.stderr
+    assert run.returncode == 2, everything[-3000:]
+    errors = [line for line in everything.splitlines() if " ERROR custseg: " in line]
+    lake = (tmp_path / "data" / "lake").resolve()
+    expected = f"no transactions table at {lake / 'transactions'}: run ingest first"
+    assert len(errors) == 1 and errors[0].endswith(expected), everything[-3000:]
+    assert '"tracking_uri": "https://user:***@127.0.0.1:1"' in everything  # the full config, --debug
+    assert SECRET not in everything
+
+
+def test_cli_config_error_with_a_secret_names_the_reference_in_one_line(tmp_path):
+    run = cli("segment", "--config", str(CONF / "base.yaml"), "--set", "segment.k_max=${MY_SECRET}", cwd=tmp_path)
+    everything = run.stdout + run.stderr
+    assert run.returncode == 2
+    errors = [line for line in everything.splitlines() if " ERROR custseg: " in line]
+    assert len(errors) == 1 and errors[0].endswith("--set: segment.k_max: expected an integer, got '${MY_SECRET}'")
+    assert SECRET not in everything and "Traceback" not in everything

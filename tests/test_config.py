@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from custseg.config import ConfigError, load_config, redacted
+from custseg.config import ConfigError, config_changes, load_config, load_defaults, redacted
 from tests.conftest import CONF
 
 BASE = CONF / "base.yaml"
@@ -115,6 +115,19 @@ def test_load_config_lower_case_reference_stays_as_written_with_a_warning(tmp_pa
         f"{overlay}: mlflow.experiment: '${{my_token}}' stays as written: only upper-case names (${{MY_TOKEN}}) "
         "are read from the environment"
     ]
+
+
+def test_config_changes_are_the_keys_that_differ_from_the_defaults(monkeypatch):
+    monkeypatch.setenv("CUSTSEG_TEST_TOKEN", "s3cr3t-value")
+    cfg = load_config([BASE, LOCAL], ["segment.k_max=6", "mlflow.tracking_uri=https://u:${CUSTSEG_TEST_TOKEN}@h"])
+    assert config_changes(cfg, load_defaults(BASE)) == {
+        "spark.master": "local[*]",
+        "spark.delta_jars_dir": ".cache/jars",
+        "spark.log_level": "ERROR",
+        "spark.conf.spark.driver.memory": "4g",
+        "segment.k_max": 6,
+        "mlflow.tracking_uri": "https://u:***@h",
+    }
 
 
 def test_load_config_missing_file_is_named(tmp_path):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import os
 import socket
 import time
@@ -9,17 +10,20 @@ import weakref
 from pathlib import Path
 
 import pytest
+from pyspark.errors import AnalysisException
 
 from custseg import standalone
 from custseg.config import ConfigError
 from custseg.spark import (
     FETCH_JARS_COMMAND,
+    QUERY_CONTEXT_LOGGERS,
     SHUFFLE_CLEANUP,
     ConnectServerUnreachableError,
     MissingJarsError,
     check_connect_server,
     delta_artifact,
     garbage_collected_at_the_end,
+    get_spark,
     remote_url,
     session_conf,
     shuffle_files_removed,
@@ -154,3 +158,36 @@ def test_check_connect_server_with_nothing_listening_fails_fast_naming_host_and_
 def test_check_connect_server_refuses_a_url_without_a_valid_port_as_config():
     with pytest.raises(ConfigError, match=r"spark\.remote: 'sc://host:x/;token=\*\*\*' is not a Spark Connect URL"):
         check_connect_server("sc://host:x/;token=tok-9f8e7d", "spark.remote")
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_session_factory_silences_pysparks_json_record_of_an_analysis_error(spark, tmp_path):
+    loggers = [logging.getLogger(name) for name in QUERY_CONTEXT_LOGGERS]
+    seen = _Records()
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)  # pyspark's own default
+        logger.addHandler(seen)
+    try:
+        with pytest.raises(AnalysisException):
+            spark.sql("SELECT no_such_column")
+        assert [r.name for r in seen.records] == ["SQLQueryContextLogger"]  # what a user saw before every error
+        seen.records.clear()
+        assert get_spark(make_config(tmp_path).spark) is spark
+        with pytest.raises(AnalysisException):
+            spark.sql("SELECT no_such_column")
+        assert seen.records == []
+    finally:
+        for logger in loggers:
+            logger.removeHandler(seen)
+            # pyspark makes them non-propagating when they log; pytest then attaches its
+            # capture handler to them at the next test, and pyspark's addHandler gives
+            # that handler its JSON formatter for the rest of the session.
+            logger.propagate = True

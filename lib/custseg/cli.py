@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 
 from custseg import __version__, customers, datagen, features, ingest, io, model, profiles, progress, report, tracking
 from custseg import columns as c
-from custseg.config import Config, ConfigError, load_config, redacted
+from custseg.config import Config, ConfigError, config_changes, load_config, load_defaults, redacted
 from custseg.evaluate import adjusted_rand_index
 from custseg.io import PrerequisiteError
 from custseg.redaction import install_log_redaction
@@ -255,6 +255,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def log_config(cfg: Config, files: Sequence[str]) -> None:
+    """The effective config, redacted: at INFO only the keys that differ from the first
+    file's (conf/base.yaml, where the defaults live), in full at DEBUG (--debug)."""
+    try:
+        defaults = load_defaults(files[0])
+    except ConfigError:  # the first file is not a whole config on its own: nothing to compare with
+        defaults = None
+    if defaults is not None:
+        changed = config_changes(cfg, defaults)
+        log.info("effective config, where it differs from %s (--debug shows all): %s", files[0],
+                 json.dumps(changed, sort_keys=True, default=str))  # fmt: skip
+        log.debug("effective config: %s", json.dumps(redacted(cfg), sort_keys=True))
+    else:
+        log.info("effective config: %s", json.dumps(redacted(cfg), sort_keys=True))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     install_log_redaction()
@@ -267,10 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("py4j", "pyspark"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        cfg = load_config(args.config or default_configs(), args.overrides)
+        files = [str(f) for f in (args.config or default_configs())]
+        cfg = load_config(files, args.overrides)
         run_id = args.run_id or new_run_id()
         log.info("custseg %s %s, run %s", __version__, args.command, run_id)
-        log.info("effective config: %s", json.dumps(redacted(cfg), sort_keys=True))
+        log_config(cfg, files)
         spark = get_spark(cfg.spark)
         with garbage_collected_at_the_end(spark):
             if args.command in COMPOSITE:

@@ -399,6 +399,15 @@ def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> C
     return dataclasses.replace(cfg, sources=sources, customers=customers).validate(origins)
 
 
+def load_defaults(path: str | Path) -> Config:
+    """The config of one file alone (conf/base.yaml, where the defaults live), without
+    its source mappings and cross-field checks: what ``config_changes`` compares with."""
+    data = _read_yaml(Path(path))
+    origins: dict[str, str] = {}
+    _merge({}, data, str(path), origins, prefix="")
+    return _build(Config, data, "", origins)
+
+
 def load_source(path: str | Path) -> SourceConfig:
     data = _read_yaml(Path(path))
     origins: dict[str, str] = {}
@@ -622,3 +631,31 @@ def redacted(cfg: Config) -> dict[str, Any]:
 
 def _dotted(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
+
+
+def flat(view: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config view as dotted keys: ``{"segment.k": 4, "sources[0].name": "pos"}``.
+    Lists of mappings are numbered; other lists are values; an empty mapping has no keys."""
+    out: dict[str, Any] = {}
+    for key, value in view.items():
+        dotted = _dotted(prefix, key)
+        if isinstance(value, Mapping):
+            out.update(flat(value, dotted))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                out.update(flat(item, f"{dotted}[{i}]"))
+        else:
+            out[dotted] = value
+    return out
+
+
+def config_changes(cfg: Config, defaults: Config) -> dict[str, Any]:
+    """The keys of ``cfg`` (dotted, redacted) whose value is not the one in ``defaults``
+    (``load_defaults``): what a run's log needs to say. The mappings' contents are left
+    out: no defaults file holds them, and ``ingest.sources`` names their files."""
+    base = flat(redacted(defaults))
+    return {
+        key: value
+        for key, value in flat(redacted(cfg)).items()
+        if not key.startswith(("sources", "customers")) and (key not in base or base[key] != value)
+    }

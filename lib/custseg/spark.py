@@ -46,6 +46,9 @@ class ConnectServerUnreachableError(RuntimeError):
 
 MASTER_CONNECT_TIMEOUT = 3.0  # seconds per host of a spark:// master, for the pre-flight check
 CONNECT_DEFAULT_PORT = 15002  # Spark Connect's port when the URL names none
+# pyspark's own JSON records of an analysis error (the error and a py4j trace, 7 to 11 KB
+# on one line), logged as it is raised, before our own one-line message says the same.
+QUERY_CONTEXT_LOGGERS = ("SQLQueryContextLogger", "DataFrameQueryContextLogger")
 
 
 def check_master(master: str | None, timeout: float = MASTER_CONNECT_TIMEOUT) -> None:
@@ -94,6 +97,17 @@ def check_connect_server(remote: str, origin: str, timeout: float = MASTER_CONNE
         f"Spark Connect server sc://{host}:{port} (from {origin}) is not reachable ({reason}). Check that the "
         f"server is running (sbin/start-connect-server.sh) and that {origin} names its host and port."
     )
+
+
+def quiet_query_context_loggers() -> None:
+    """Silence pyspark's JSON record of each analysis error (``SQLQueryContextLogger``):
+    the error reaches the caller anyway, and the CLI says it in one line (the trace goes
+    to the log with --debug). They are Python loggers of pyspark's own, which do not
+    propagate to the root logger and so ignore its level."""
+    from pyspark.logger import PySparkLogger
+
+    for name in QUERY_CONTEXT_LOGGERS:
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _submitted_master() -> str | None:
@@ -203,6 +217,7 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     one; otherwise spark-submit or the platform has already decided it. With
     ``spark.remote`` (or ``$SPARK_REMOTE``) the session is a Spark Connect client instead,
     and ``spark.master`` is ignored: a Connect URL replaces the master."""
+    quiet_query_context_loggers()
     remote, origin = remote_url(cfg)
     if remote:
         check_connect_server(remote, origin)
