@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import pytest
 
-from custseg.config import ConfigError, load_config, redacted
+from custseg.config import ConfigError, config_changes, load_config, load_defaults, redacted
 from tests.conftest import CONF
 
 BASE = CONF / "base.yaml"
@@ -93,8 +94,40 @@ def test_load_config_reads_secrets_from_environment(monkeypatch):
 
 
 def test_load_config_missing_environment_variable_is_named():
-    with pytest.raises(ConfigError, match=r"spark\.conf\.x: environment variable CUSTSEG_NOT_SET is not set"):
+    with pytest.raises(ConfigError, match=r"--set: spark\.conf\.x: environment variable CUSTSEG_NOT_SET is not set"):
         load_config([BASE], ["spark.conf={x: '${CUSTSEG_NOT_SET}'}"])
+
+
+def test_load_config_type_error_shows_the_reference_not_the_secret(monkeypatch):
+    monkeypatch.setenv("CUSTSEG_TEST_TOKEN", "s3cr3t-value")
+    with pytest.raises(ConfigError, match=r"segment\.k_max: expected an integer, got '\$\{CUSTSEG_TEST_TOKEN\}'$"):
+        load_config([BASE], ["segment.k_max=${CUSTSEG_TEST_TOKEN}"])
+
+
+def test_load_config_lower_case_reference_stays_as_written_with_a_warning(tmp_path, caplog):
+    text = "mlflow:\n  experiment: seg-${my_token}\nspark:\n  conf:\n    a.b: ${spark.x}\n"
+    overlay = write(tmp_path, "o.yaml", text)
+    with caplog.at_level(logging.WARNING, logger="custseg.config"):
+        cfg = load_config([BASE, overlay])
+    assert cfg.mlflow.experiment == "seg-${my_token}"
+    assert cfg.spark.conf["a.b"] == "${spark.x}"  # Spark's own substitution: no warning
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{overlay}: mlflow.experiment: '${{my_token}}' stays as written: only upper-case names (${{MY_TOKEN}}) "
+        "are read from the environment"
+    ]
+
+
+def test_config_changes_are_the_keys_that_differ_from_the_defaults(monkeypatch):
+    monkeypatch.setenv("CUSTSEG_TEST_TOKEN", "s3cr3t-value")
+    cfg = load_config([BASE, LOCAL], ["segment.k_max=6", "mlflow.tracking_uri=https://u:${CUSTSEG_TEST_TOKEN}@h"])
+    assert config_changes(cfg, load_defaults(BASE)) == {
+        "spark.master": "local[*]",
+        "spark.delta_jars_dir": ".cache/jars",
+        "spark.log_level": "ERROR",
+        "spark.conf.spark.driver.memory": "4g",
+        "segment.k_max": 6,
+        "mlflow.tracking_uri": "https://u:***@h",
+    }
 
 
 def test_load_config_missing_file_is_named(tmp_path):

@@ -2,19 +2,28 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import os
+import socket
 import time
 import weakref
 from pathlib import Path
 
 import pytest
+from pyspark.errors import AnalysisException
 
+from custseg import standalone
+from custseg.config import ConfigError
 from custseg.spark import (
     FETCH_JARS_COMMAND,
+    QUERY_CONTEXT_LOGGERS,
     SHUFFLE_CLEANUP,
+    ConnectServerUnreachableError,
     MissingJarsError,
+    check_connect_server,
     delta_artifact,
     garbage_collected_at_the_end,
+    get_spark,
     remote_url,
     session_conf,
     shuffle_files_removed,
@@ -124,3 +133,61 @@ def test_garbage_collector_resumes_when_a_connect_job_fails_and_is_left_alone_fo
     assert gc.isenabled()
     with garbage_collected_at_the_end(spark):  # a classic session's calls go through py4j, not grpc
         assert gc.isenabled()
+
+
+def test_check_connect_server_passes_when_the_server_listens_and_skips_a_local_server():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_connect_server(f"sc://127.0.0.1:{server.getsockname()[1]}/;token=abc", "spark.remote")
+    check_connect_server("local[2]", "spark.remote")  # a server this process starts: nothing to check
+
+
+def test_check_connect_server_with_nothing_listening_fails_fast_naming_host_and_port_not_the_token():
+    port = standalone.free_port()
+    started = time.monotonic()
+    with pytest.raises(ConnectServerUnreachableError) as raised:
+        check_connect_server(f"sc://127.0.0.1:{port}/;token=tok-9f8e7d", "$SPARK_REMOTE")
+    assert time.monotonic() - started < 10
+    assert str(raised.value).startswith(
+        f"Spark Connect server sc://127.0.0.1:{port} (from $SPARK_REMOTE) is not reachable (Connection refused)."
+    )
+    assert "tok-9f8e7d" not in str(raised.value)
+
+
+def test_check_connect_server_refuses_a_url_without_a_valid_port_as_config():
+    with pytest.raises(ConfigError, match=r"spark\.remote: 'sc://host:x/;token=\*\*\*' is not a Spark Connect URL"):
+        check_connect_server("sc://host:x/;token=tok-9f8e7d", "spark.remote")
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_session_factory_silences_pysparks_json_record_of_an_analysis_error(spark, tmp_path):
+    loggers = [logging.getLogger(name) for name in QUERY_CONTEXT_LOGGERS]
+    seen = _Records()
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)  # pyspark's own default
+        logger.addHandler(seen)
+    try:
+        with pytest.raises(AnalysisException):
+            spark.sql("SELECT no_such_column")
+        assert [r.name for r in seen.records] == ["SQLQueryContextLogger"]  # what a user saw before every error
+        seen.records.clear()
+        assert get_spark(make_config(tmp_path).spark) is spark
+        with pytest.raises(AnalysisException):
+            spark.sql("SELECT no_such_column")
+        assert seen.records == []
+    finally:
+        for logger in loggers:
+            logger.removeHandler(seen)
+            # pyspark makes them non-propagating when they log; pytest then attaches its
+            # capture handler to them at the next test, and pyspark's addHandler gives
+            # that handler its JSON formatter for the rest of the session.
+            logger.propagate = True

@@ -3,15 +3,18 @@ never fails a job."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import math
+import time
 
 import mlflow
 import mlflow.spark
 import pytest
 from chispa import assert_df_equality
 
-from custseg import model, tracking
+from custseg import model, standalone, tracking
 from custseg.evaluate import SweepPoint
 from custseg.model import SegmentResult
 from tests.conftest import make_config
@@ -95,3 +98,35 @@ def test_unreachable_tracking_server_warns_and_does_not_fail(tmp_path, monkeypat
     finally:
         mlflow.set_tracking_uri(None)
     assert "mlflow: could not log the report of run r1" in caplog.text
+
+
+def test_unreachable_tracking_server_is_one_bounded_warning_without_the_secret(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MY_SECRET", "s3cr3t-Zq9x-7731")
+    port = standalone.free_port()  # nothing listens there; mlflow's own retries are left at their defaults
+    cfg = make_config(
+        tmp_path, "mlflow.enabled=true", f"mlflow.tracking_uri=http://user:${{MY_SECRET}}@127.0.0.1:{port}"
+    )
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.INFO, logger="custseg.tracking"):
+            assert tracking.log_segment_run(cfg, "r1", None, dt.date(2025, 1, 1), None, None) is None
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert time.monotonic() - started < 10
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"mlflow: could not log run r1 (TrackingServerUnreachable: tracking server "
+                    f"http://user:***@127.0.0.1:{port} is not reachable (Connection refused)); the Delta tables "
+                    "are complete"),
+    ]  # fmt: skip
+    assert "s3cr3t-Zq9x-7731" not in caplog.text
+
+
+def test_segment_params_are_redacted(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUSTSEG_TEST_VALUE", "param-secret-5521")
+    cfg = make_config(tmp_path, "mlflow.experiment=${CUSTSEG_TEST_VALUE}")  # the loader remembers it
+    sweep = [SweepPoint(3, 4.0, 0.7, 60.0, 0.5)]
+    result = dataclasses.replace(result_with(sweep), matched_to="kmeans-k3-param-secret-5521;token=abc")
+    params = tracking.segment_params(cfg, result, dt.date(2025, 1, 1))
+    assert params["matched_to"] == "kmeans-k3-***;token=***"
+    assert params["k"] == "3" and params["as_of_date"] == "2025-01-01"

@@ -3,8 +3,9 @@
 The same ``main`` serves the console command, the thin scripts in ``jobs/`` that
 spark-submit runs, and a Databricks wheel task. It parses flags, loads the config,
 configures logging, gets the session, calls the stage's ``run`` and returns an exit
-code: 0 on success, 2 for a configuration or input problem (with a message that says
-what to fix), 1 for anything else.
+code: 0 on success, 2 for a configuration, input or prerequisite problem (one line that
+says what to fix, no traceback unless --debug), 1 for anything else. Every log record is
+redacted (``custseg.redaction``): no secret from the config reaches the output.
 """
 
 from __future__ import annotations
@@ -26,15 +27,27 @@ from pyspark.sql import functions as F
 
 from custseg import __version__, customers, datagen, features, ingest, io, model, profiles, progress, report, tracking
 from custseg import columns as c
-from custseg.config import Config, ConfigError, load_config, redacted
+from custseg.config import Config, ConfigError, config_changes, load_config, load_defaults, redacted
 from custseg.evaluate import adjusted_rand_index
+from custseg.io import PrerequisiteError
+from custseg.redaction import install_log_redaction
 from custseg.sources import SourceError
-from custseg.spark import MasterUnreachableError, MissingJarsError, garbage_collected_at_the_end, get_spark
+from custseg.spark import (
+    ConnectServerUnreachableError,
+    MasterUnreachableError,
+    MissingJarsError,
+    garbage_collected_at_the_end,
+    get_spark,
+)
 
 log = logging.getLogger("custseg")
 
 ENV_VAR = "CUSTSEG_ENV"
-USER_ERRORS = (ConfigError, SourceError, MissingJarsError, MasterUnreachableError)
+# Exit code 2, one line, no traceback (unless --debug): what the user can fix.
+USER_ERRORS = (
+    ConfigError, SourceError, PrerequisiteError, MissingJarsError, MasterUnreachableError,
+    ConnectServerUnreachableError,
+)  # fmt: skip
 
 
 def new_run_id() -> str:
@@ -254,8 +267,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def log_config(cfg: Config, files: Sequence[str]) -> None:
+    """The effective config, redacted: at INFO only the keys that differ from the first
+    file's (conf/base.yaml, where the defaults live), in full at DEBUG (--debug)."""
+    try:
+        defaults = load_defaults(files[0])
+    except ConfigError:  # the first file is not a whole config on its own: nothing to compare with
+        defaults = None
+    if defaults is not None:
+        changed = config_changes(cfg, defaults)
+        log.info("effective config, where it differs from %s (--debug shows all): %s", files[0],
+                 json.dumps(changed, sort_keys=True, default=str))  # fmt: skip
+        log.debug("effective config: %s", json.dumps(redacted(cfg), sort_keys=True))
+    else:
+        log.info("effective config: %s", json.dumps(redacted(cfg), sort_keys=True))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    install_log_redaction()
+    logging.captureWarnings(True)  # warnings go through the redacted log too
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -264,10 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("py4j", "pyspark"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        cfg = load_config(args.config or default_configs(), args.overrides)
+        files = [str(f) for f in (args.config or default_configs())]
+        cfg = load_config(files, args.overrides)
         run_id = args.run_id or new_run_id()
         log.info("custseg %s %s, run %s", __version__, args.command, run_id)
-        log.info("effective config: %s", json.dumps(redacted(cfg), sort_keys=True))
+        log_config(cfg, files)
         spark = get_spark(cfg.spark)
         with garbage_collected_at_the_end(spark):
             if args.command in COMPOSITE:

@@ -5,7 +5,8 @@ files in order (a later file overrides an earlier one), then applies the ``--set
 overrides, then builds the dataclasses below. Every error names the offending key and
 the file (or ``--set``) it came from. Source mappings (``ingest.sources``) are YAML files
 of their own, loaded and validated the same way. Secrets never live here: a value
-written as ``${ENV_VAR}`` is read from the environment at load time.
+written as ``${ENV_VAR}`` is read from the environment at load time, and masked
+wherever config is shown (``custseg.redaction``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import logging
 import math
 import os
 import re
@@ -26,6 +28,9 @@ from typing import Any, Literal
 import yaml
 
 from custseg import columns as c
+from custseg import redaction
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -97,6 +102,9 @@ class FeaturesConfig:
     as_of_date: dt.date | None  # None: the day after the newest accepted transaction
     log1p: list[str]  # skewed features that enter the model as log1p(max(x, 0))
     cap_quantile: float | None  # cap model features at this quantile before log1p; None: no cap
+    # An as-of date before every transaction: false refuses (the table stays as it was),
+    # true writes an empty features table on purpose.
+    allow_empty: bool = False
 
 
 @dataclass(frozen=True)
@@ -370,6 +378,10 @@ RESERVED_NAMES = (
 # --------------------------------------------------------------------------- loading
 
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+# ${name} in another case: not read from the environment. Spark and Hadoop settings use
+# ${...} for substitutions of their own (${spark.x}, ${env:X}, ${user.name}), which
+# have a dot or a colon and are left alone.
+_OTHER_CASE_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _EXPONENT_NUMBER = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
 
 
@@ -388,6 +400,15 @@ def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> C
     sources = tuple(load_source(p) for p in cfg.ingest.sources)
     customers = load_customer_source(cfg.ingest.customers) if cfg.ingest.customers else None
     return dataclasses.replace(cfg, sources=sources, customers=customers).validate(origins)
+
+
+def load_defaults(path: str | Path) -> Config:
+    """The config of one file alone (conf/base.yaml, where the defaults live), without
+    its source mappings and cross-field checks: what ``config_changes`` compares with."""
+    data = _read_yaml(Path(path))
+    origins: dict[str, str] = {}
+    _merge({}, data, str(path), origins, prefix="")
+    return _build(Config, data, "", origins)
 
 
 def load_source(path: str | Path) -> SourceConfig:
@@ -508,19 +529,24 @@ def _coerce(tp: Any, value: Any, dotted: str, origins: Mapping[str, str]) -> Any
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
 
-    def fail(expected: str) -> ConfigError:
-        return ConfigError(f"{_origin(origins, dotted)}: {dotted}: expected {expected}, got {value!r}")
+    written = value  # before ${ENV_VAR} is read: messages show the reference, not the secret
 
-    if isinstance(value, str):
-        value = _ENV_REF.sub(lambda m: _env(m.group(1), dotted), value)
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{_origin(origins, dotted)}: {dotted}: expected {expected}, got {written!r}")
+
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, dotted, origins)
+    if isinstance(value, str):
+        _warn_other_case_refs(value, dotted, origins)
+        value = _ENV_REF.sub(lambda m: _env(m.group(1), dotted, origins), value)
     if value is None:
         raise fail(_describe(tp))
     if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise fail("a mapping")
         return _build(tp, value, f"{dotted}.", origins)
     if origin is Literal:
         if value not in args:
@@ -567,26 +593,72 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _env(name: str, dotted: str) -> str:
+def _env(name: str, dotted: str, origins: Mapping[str, str]) -> str:
     try:
-        return os.environ[name]
+        value = os.environ[name]
     except KeyError:
-        raise ConfigError(f"{dotted}: environment variable {name} is not set") from None
+        raise ConfigError(f"{_origin(origins, dotted)}: {dotted}: environment variable {name} is not set") from None
+    redaction.remember(value)
+    return value
+
+
+def _warn_other_case_refs(value: str, dotted: str, origins: Mapping[str, str]) -> None:
+    """A warning, not an error, for ``${lower_case}``: it stays as written, and may be
+    meant for Spark's or Hadoop's own substitution rather than for the environment."""
+    for m in _OTHER_CASE_REF.finditer(value):
+        if not _ENV_REF.fullmatch(m.group(0)):
+            log.warning(
+                "%s: %s: '%s' stays as written: only upper-case names (${%s}) are read from the environment",
+                _origin(origins, dotted), dotted, m.group(0), m.group(1).upper(),
+            )  # fmt: skip
 
 
 def redacted(cfg: Config) -> dict[str, Any]:
-    """The effective configuration for logs, with secret-looking values masked."""
-    secret = re.compile(r"(password|secret|token|key)", re.IGNORECASE)
+    """The effective configuration for logs, with secrets masked (``redact_setting``):
+    values of secret-looking keys, values from the environment, and credentials inside
+    URLs and connection strings."""
 
-    def walk(obj: Any, name: str = "") -> Any:
+    def walk(obj: Any, key: str) -> Any:
         if dataclasses.is_dataclass(obj):
-            return {f.name: walk(getattr(obj, f.name), f.name) for f in dataclasses.fields(obj)}
+            return {f.name: walk(getattr(obj, f.name), _dotted(key, f.name)) for f in dataclasses.fields(obj)}
         if isinstance(obj, dict):
-            return {k: "***" if secret.search(k) else walk(v, k) for k, v in obj.items()}
+            return {k: walk(v, _dotted(key, k)) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):
-            return [walk(v, name) for v in obj]
+            return [walk(v, key) for v in obj]
         if isinstance(obj, dt.date):
             return obj.isoformat()
-        return obj
+        return redaction.redact_setting(key, obj)
 
-    return walk(cfg)
+    return walk(cfg, "")
+
+
+def _dotted(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def flat(view: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config view as dotted keys: ``{"segment.k": 4, "sources[0].name": "pos"}``.
+    Lists of mappings are numbered; other lists are values; an empty mapping has no keys."""
+    out: dict[str, Any] = {}
+    for key, value in view.items():
+        dotted = _dotted(prefix, key)
+        if isinstance(value, Mapping):
+            out.update(flat(value, dotted))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                out.update(flat(item, f"{dotted}[{i}]"))
+        else:
+            out[dotted] = value
+    return out
+
+
+def config_changes(cfg: Config, defaults: Config) -> dict[str, Any]:
+    """The keys of ``cfg`` (dotted, redacted) whose value is not the one in ``defaults``
+    (``load_defaults``): what a run's log needs to say. The mappings' contents are left
+    out: no defaults file holds them, and ``ingest.sources`` names their files."""
+    base = flat(redacted(defaults))
+    return {
+        key: value
+        for key, value in flat(redacted(cfg)).items()
+        if not key.startswith(("sources", "customers")) and (key not in base or base[key] != value)
+    }

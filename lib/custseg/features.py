@@ -167,12 +167,37 @@ def rfm_segments(
     return transform
 
 
-def default_as_of(txns: DataFrame) -> dt.date:
+def default_as_of(txns: DataFrame, source: io.TableRef | str = "transactions") -> dt.date:
     """The day after the newest transaction: the usual snapshot date for RFM."""
     newest = txns.agg(F.max(F.to_date(c.EVENT_TS)).alias("d")).first()["d"]
     if newest is None:
-        raise ValueError("the transactions table is empty: run ingest first, or check its quarantine")
+        raise io.PrerequisiteError(
+            f"the transactions table {source} is empty: run ingest first, or check its quarantine"
+        )
     return newest + dt.timedelta(days=1)
+
+
+def nothing_before(txns: DataFrame, as_of: dt.date) -> bool:
+    """No transaction is before the as-of date. Reads at most one row: Delta skips the
+    files whose event_ts statistics are all later."""
+    return txns.where(F.col(c.EVENT_TS) < F.lit(as_of).cast("timestamp")).limit(1).count() == 0
+
+
+def refuse_or_warn(txns: DataFrame, source: io.TableRef, as_of: dt.date, allow_empty: bool) -> None:
+    """No transaction is before ``as_of``: every customer would have no history. Refuse,
+    leaving the features table as it was, unless ``features.allow_empty``."""
+    first = txns.agg(F.min(F.to_date(c.EVENT_TS)).alias("d")).first()["d"]
+    if first is None:
+        problem, fix = f"the transactions table {source} is empty", "run ingest first, or check its quarantine"
+    else:
+        problem = f"features.as_of_date {as_of} is before every transaction in {source} (the first is on {first})"
+        fix = "choose a later date"
+    if not allow_empty:
+        raise io.PrerequisiteError(
+            f"{problem}: no customer has any history. The features table is left as it was; {fix}, or set "
+            "features.allow_empty: true to write an empty one on purpose"
+        )
+    log.warning("%s: writing an empty features table (features.allow_empty)", problem)
 
 
 def with_attributes(attributes: DataFrame, names: Sequence[str], as_of: dt.date) -> Callable[[DataFrame], DataFrame]:
@@ -204,7 +229,11 @@ def run(spark: SparkSession, cfg: Config) -> dt.date:
     attributes alone, as of ``features.as_of_date`` (which is then required).
     """
     names = list(cfg.attributes)
-    attributes = io.read(spark, io.table_ref(cfg.storage, cfg.tables.customer_attributes)) if names else None
+    attributes = (
+        io.read_required(spark, io.table_ref(cfg.storage, cfg.tables.customer_attributes), "customer attributes",
+                         "ingest (with ingest.customers)")
+        if names else None
+    )  # fmt: skip
     if not cfg.sources:
         if cfg.features.as_of_date is None:
             raise ConfigError("features.as_of_date: required when there are no transaction sources (ingest.sources)")
@@ -213,8 +242,10 @@ def run(spark: SparkSession, cfg: Config) -> dt.date:
         io.overwrite(features, io.table_ref(cfg.storage, cfg.tables.features))
         return as_of
     source = io.table_ref(cfg.storage, cfg.tables.transactions)
-    txns = io.read(spark, source)
-    as_of = cfg.features.as_of_date or default_as_of(txns)
+    txns = io.read_required(spark, source, "transactions", "ingest")
+    as_of = cfg.features.as_of_date or default_as_of(txns, source)
+    if cfg.features.as_of_date is not None and nothing_before(txns, as_of):
+        refuse_or_warn(txns, source, as_of, cfg.features.allow_empty)
     log.info("features as of %s from %s", as_of, source)
     features = txns.transform(customer_features(as_of))
     if attributes is not None:

@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 
 from custseg import columns as c
 from custseg import io, progress
-from custseg.config import Config
+from custseg.config import Config, ConfigError
 from custseg.sources import CONTENT_ID, RAW, REASON, SOURCE_FILE, canonicalize, check_mapping, read_source
 from custseg.spark import shuffle_files_removed
 
@@ -287,7 +287,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
     now = now or dt.datetime.now(dt.UTC)
     policy = cfg.ingest
     if not cfg.sources:
-        raise ValueError("ingest.sources lists no source mapping files")
+        raise ConfigError("ingest.sources: lists no source mapping files")
     canonical, empty = [], []
     for src in cfg.sources:
         raw = read_source(spark, src)
@@ -299,7 +299,8 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
         canonical.append(raw.transform(canonicalize(src, now, policy.quarantine_future)))
     if not canonical:
         _write_run_log(spark, cfg, run_id, empty, now)
-        raise ValueError("every configured source is empty: nothing to ingest")
+        where = ", ".join(f"{src.name} ({src.path})" for src in cfg.sources)
+        raise io.PrerequisiteError(f"every configured source is empty, nothing to ingest: {where}")
 
     transactions = io.table_ref(cfg.storage, cfg.tables.transactions)
     quarantine = io.table_ref(cfg.storage, cfg.tables.quarantine)

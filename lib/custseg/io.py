@@ -25,6 +25,11 @@ from custseg.config import StorageConfig
 log = logging.getLogger(__name__)
 
 
+class PrerequisiteError(ValueError):
+    """What a job needs is missing or empty: a table an earlier job writes, a model,
+    any data to ingest. The message says which, and what to run or fix first."""
+
+
 @dataclass(frozen=True)
 class TableRef:
     name: str
@@ -60,6 +65,13 @@ def exists(spark: SparkSession, ref: TableRef) -> bool:
             return False
         raise
     return True
+
+
+def read_required(spark: SparkSession, ref: TableRef, what: str, first: str) -> DataFrame:
+    """The table, or PrerequisiteError naming ``what`` it holds and the job to run ``first``."""
+    if not exists(spark, ref):
+        raise PrerequisiteError(f"no {what} table at {ref}: run {first} first")
+    return read(spark, ref)
 
 
 def read(spark: SparkSession, ref: TableRef) -> DataFrame:

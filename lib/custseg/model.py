@@ -566,7 +566,10 @@ def prepare(features: DataFrame, cfg: Config) -> Prepared:
     customers = vectors.count()
     if customers < seg.k_min:
         vectors.unpersist()
-        raise ValueError(f"only {customers} customers have every model feature; at least {seg.k_min} needed")
+        raise io.PrerequisiteError(
+            f"only {customers} customers have every model feature {list(seg.features)}; at least {seg.k_min} "
+            "(segment.k_min) are needed"
+        )
     sample, sampled = None, customers
     if sweeps_a_sample(customers, seg):
         strata = (
@@ -828,12 +831,10 @@ def save_labels(spark: SparkSession, labels: DataFrame, cfg: Config, run_id: str
 
 def read_features(spark: SparkSession, cfg: Config) -> tuple[DataFrame, dt.date]:
     ref = io.table_ref(cfg.storage, cfg.tables.features)
-    if not io.exists(spark, ref):
-        raise ValueError(f"no customer features table at {ref}: run the features job first")
-    features = io.read(spark, ref)
+    features = io.read_required(spark, ref, "customer features", "the features job")
     as_of = features.agg(F.max(c.AS_OF_DATE).alias("d")).first()["d"]
     if as_of is None:
-        raise ValueError(f"the customer features table {ref} is empty: run the features job first")
+        raise io.PrerequisiteError(f"the customer features table {ref} is empty: run the features job first")
     missing = sorted((set(cfg.segment.features) | {cfg.segment.value_feature}) - set(features.columns))
     if missing:
         raise ConfigError(
@@ -864,13 +865,15 @@ def latest_model(spark: SparkSession, cfg: Config, version: str | None = None) -
     """The saved model ``version``, or the most recently fitted one, with its record."""
     ref = io.table_ref(cfg.storage, cfg.tables.models)
     if not io.exists(spark, ref):
-        raise ValueError(f"no model on record in {ref}: run the segment job first")
+        raise io.PrerequisiteError(f"no model on record in {ref}: run the segment job first")
     records = io.read(spark, ref)
     if version:
         records = records.where(F.col(c.MODEL_VERSION) == version)
     record = records.orderBy(F.col("fitted_at").desc(), F.col(c.RUN_ID).desc()).first()
     if record is None:
-        raise ValueError(f"model {version!r} is not on record in {ref}")
+        if version:
+            raise io.PrerequisiteError(f"model {version!r} is not on record in {ref}")
+        raise io.PrerequisiteError(f"no model on record in {ref}: run the segment job first")
     return PipelineModel.load(record["model_path"]), record
 
 

@@ -215,8 +215,9 @@ def run(spark: SparkSession, cfg: Config) -> DataFrame:
     """Profile the current labels against the features; write both profile tables and
     return the per-segment one (k + 1 rows at most)."""
     tables = cfg.tables
-    labels = io.read(spark, io.table_ref(cfg.storage, tables.labels))
-    features = io.read(spark, io.table_ref(cfg.storage, tables.features))
+    labels = io.read_required(spark, io.table_ref(cfg.storage, tables.labels), "segment labels", "the segment job")
+    features = io.read_required(spark, io.table_ref(cfg.storage, tables.features), "customer features",
+                                "the features job")  # fmt: skip
     labelled = labels.select(c.CUSTOMER_ID, c.SEGMENT_ID).join(features, on=c.CUSTOMER_ID, how="inner")
     names_of = profile_features(cfg, features.columns)
     if not names_of:

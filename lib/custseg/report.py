@@ -706,7 +706,7 @@ def report_folder(directory: str, run_id: str) -> Path:
 def _read(spark: SparkSession, cfg: Config, table: str) -> DataFrame:
     ref = io.table_ref(cfg.storage, table)
     if not io.exists(spark, ref):
-        raise ValueError(f"no table at {ref}: run the jobs before the report")
+        raise io.PrerequisiteError(f"no table at {ref}: run the jobs before the report")
     log.info("reading %s", ref)
     return io.read(spark, ref)
 
@@ -714,7 +714,7 @@ def _read(spark: SparkSession, cfg: Config, table: str) -> DataFrame:
 def _current_run(labels: DataFrame, run_id: str | None) -> Row:
     current = labels.select(c.RUN_ID, c.MODEL_VERSION, c.AS_OF_DATE).first()
     if current is None:
-        raise ValueError("the segment labels table is empty: run the segment job first")
+        raise io.PrerequisiteError("the segment labels table is empty: run the segment job first")
     if run_id is not None and run_id != current[c.RUN_ID]:
         raise ValueError(
             f"run {run_id!r} is not the run of the current labels ({current[c.RUN_ID]!r}); the labels table keeps "

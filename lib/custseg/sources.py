@@ -73,6 +73,8 @@ def read_source(spark: SparkSession, src: SourceConfig) -> DataFrame | None:
         if df is not None:
             df.schema  # noqa: B018 - resolve the schema now, so a bad path fails here
     except AnalysisException as exc:
+        if exc.getCondition() == "UNABLE_TO_INFER_SCHEMA":  # Spark found no file to infer a schema from
+            raise _no_files(src, path) from None
         raise SourceError(f"source '{src.name}' ({src.file}): cannot read {src.path}: {_first_line(exc)}") from None
     if df is None or not df.columns:
         log.warning("source %s: no data in %s (empty files?)", src.name, src.path)
@@ -90,6 +92,13 @@ def read_source(spark: SparkSession, src: SourceConfig) -> DataFrame | None:
     ]  # fmt: skip
     file_path = F.col(SOURCE_FILE) if SOURCE_FILE in df.columns else F.col("_metadata.file_path").alias(SOURCE_FILE)
     return df.select(*text, file_path)
+
+
+def _no_files(src: SourceConfig, path: str) -> SourceError:
+    return SourceError(
+        f"source '{src.name}' ({src.file}): path: {path} holds no files (Spark skips names that start with "
+        f"'_' or '.'); check the path, or put the source's files there"
+    )
 
 
 def _read_csv(spark: SparkSession, src: SourceConfig, path: str) -> DataFrame | None:
@@ -118,6 +127,8 @@ def _read_whitespace(spark: SparkSession, src: SourceConfig, path: str) -> DataF
     stripped = F.regexp_replace("value", r"^\s+|\s+$", "")  # trim() strips spaces only, not tabs
     first = lines.where(stripped != "").first()
     if first is None:
+        if not lines.inputFiles():
+            raise _no_files(src, path)
         return None
     names = first["value"].split()
     tokens = F.split(stripped, r"\s+")

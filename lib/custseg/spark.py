@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import sys
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from custseg.config import SparkConfig
+from custseg.config import ConfigError, SparkConfig
+from custseg.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,15 @@ class MasterUnreachableError(RuntimeError):
     """No host of a ``spark://`` master accepts connections."""
 
 
+class ConnectServerUnreachableError(RuntimeError):
+    """The Spark Connect server of an ``sc://`` URL does not accept connections."""
+
+
 MASTER_CONNECT_TIMEOUT = 3.0  # seconds per host of a spark:// master, for the pre-flight check
+CONNECT_DEFAULT_PORT = 15002  # Spark Connect's port when the URL names none
+# pyspark's own JSON records of an analysis error (the error and a py4j trace, 7 to 11 KB
+# on one line), logged as it is raised, before our own one-line message says the same.
+QUERY_CONTEXT_LOGGERS = ("SQLQueryContextLogger", "DataFrameQueryContextLogger")
 
 
 def check_master(master: str | None, timeout: float = MASTER_CONNECT_TIMEOUT) -> None:
@@ -60,6 +70,44 @@ def check_master(master: str | None, timeout: float = MASTER_CONNECT_TIMEOUT) ->
         f"Spark master {master} is not reachable ({'; '.join(failures)}). Check that the master is running "
         f"and that --master (or spark.master) matches the URL its log shows after 'Starting Spark master at'."
     )
+
+
+def check_connect_server(remote: str, origin: str, timeout: float = MASTER_CONNECT_TIMEOUT) -> None:
+    """Fail fast when the server of a Spark Connect URL (``sc://host[:port]/;params``)
+    does not accept a TCP connection: the client would otherwise retry in silence for a
+    quarter of an hour or more. ``local[N]`` (a server this process starts) is not checked.
+    The message names the host and port only: the URL's parameters may hold a token."""
+    if not remote.startswith("sc://"):
+        return
+    try:
+        parts = urllib.parse.urlsplit(remote)
+        host, port = parts.hostname, parts.port or CONNECT_DEFAULT_PORT
+        if not host:
+            raise ValueError("no host")
+    except ValueError as exc:
+        raise ConfigError(
+            f"{origin}: '{redact(remote)}' is not a Spark Connect URL sc://host[:port][/;name=value...] ({exc})"
+        ) from None
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+    raise ConnectServerUnreachableError(
+        f"Spark Connect server sc://{host}:{port} (from {origin}) is not reachable ({reason}). Check that the "
+        f"server is running (sbin/start-connect-server.sh) and that {origin} names its host and port."
+    )
+
+
+def quiet_query_context_loggers() -> None:
+    """Silence pyspark's JSON record of each analysis error (``SQLQueryContextLogger``):
+    the error reaches the caller anyway, and the CLI says it in one line (the trace goes
+    to the log with --debug). They are Python loggers of pyspark's own, which do not
+    propagate to the root logger and so ignore its level."""
+    from pyspark.logger import PySparkLogger
+
+    for name in QUERY_CONTEXT_LOGGERS:
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _submitted_master() -> str | None:
@@ -169,8 +217,10 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     one; otherwise spark-submit or the platform has already decided it. With
     ``spark.remote`` (or ``$SPARK_REMOTE``) the session is a Spark Connect client instead,
     and ``spark.master`` is ignored: a Connect URL replaces the master."""
+    quiet_query_context_loggers()
     remote, origin = remote_url(cfg)
     if remote:
+        check_connect_server(remote, origin)
         return _connect_session(cfg, remote, origin)
     if _is_local(cfg):
         # A laptop's hostname often resolves to loopback; say so instead of warning.
@@ -211,7 +261,7 @@ def _connect_session(cfg: SparkConfig, remote: str, origin: str) -> SparkSession
     # interpreter shutdown that call hangs for good (grpc cannot start a thread then).
     # Stopping the session first turns those calls into no-ops.
     atexit.register(spark.stop)
-    log.info("Spark %s Connect session ready (remote %s, from %s)", spark.version, remote, origin)
+    log.info("Spark %s Connect session ready (remote %s, from %s)", spark.version, redact(remote), origin)
     if skipped:
         log.info("left to the Connect server (not settable by a client): %s", ", ".join(skipped))
     return spark

@@ -12,7 +12,9 @@ Credentials for a tracking server come from mlflow's environment variables
 (``MLFLOW_TRACKING_TOKEN`` and so on), never from config files.
 
 Tracking never fails a job: the segments are already in Delta when it runs, so an
-unreachable tracking server is a warning, not a lost run.
+unreachable tracking server is a warning, not a lost run. An HTTP tracking server is
+first checked with a TCP connection bounded by ``SERVER_CONNECT_TIMEOUT`` (mlflow's own
+client would retry for minutes); params are masked by ``redaction.redact``.
 """
 
 from __future__ import annotations
@@ -21,16 +23,25 @@ import datetime as dt
 import importlib.util
 import logging
 import math
+import os
+import socket
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
 from pyspark.ml import PipelineModel
 
 from custseg.config import Config
+from custseg.redaction import redact
 
 log = logging.getLogger(__name__)
 
 RUN_TAG = "custseg.run_id"
+SERVER_CONNECT_TIMEOUT = 3.0  # seconds for the TCP check of an http(s) tracking server
+
+
+class TrackingServerUnreachable(RuntimeError):
+    """The tracking server does not accept connections; the message says which."""
 
 
 def available(cfg: Config) -> bool:
@@ -38,7 +49,29 @@ def available(cfg: Config) -> bool:
     return cfg.mlflow.enabled and importlib.util.find_spec("mlflow") is not None
 
 
+def tracking_uri(cfg: Config) -> str | None:
+    """Where runs go: ``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``; None: mlflow's default."""
+    return cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def check_server(uri: str | None, timeout: float = SERVER_CONNECT_TIMEOUT) -> None:
+    """Raise TrackingServerUnreachable when an http(s) tracking server does not accept a
+    TCP connection within ``timeout``. Local stores (sqlite:, file:, a path) and
+    ``databricks`` are not checked."""
+    if not uri or not uri.startswith(("http://", "https://")):
+        return
+    parts = urllib.parse.urlsplit(uri)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    raise TrackingServerUnreachable(f"tracking server {redact(uri)} is not reachable ({reason})")
+
+
 def _mlflow(cfg: Config):
+    check_server(tracking_uri(cfg))
     import mlflow
 
     if cfg.mlflow.tracking_uri:
@@ -70,7 +103,7 @@ def segment_params(cfg: Config, result: Any, as_of: dt.date) -> dict[str, str]:
         "matched_to": result.matched_to,
         "customers": result.customers,
     }
-    return {k: str(v) for k, v in params.items()}
+    return {k: redact(str(v)) for k, v in params.items()}
 
 
 def segment_metrics(result: Any, stability: Any | None) -> tuple[dict[str, float], list[tuple[str, float, int]]]:
@@ -112,12 +145,12 @@ def log_segment_run(
 
             # Pinning the requirement skips mlflow's slow inference of the environment.
             mlflow.spark.log_model(model, "model", pip_requirements=[f"pyspark=={_pyspark_version()}"])
-        log.info("mlflow: logged run %s to %s (experiment %s)", active.info.run_id, mlflow.get_tracking_uri(),
-                 cfg.mlflow.experiment)  # fmt: skip
+        log.info("mlflow: logged run %s to %s (experiment %s)", active.info.run_id,
+                 redact(mlflow.get_tracking_uri()), redact(cfg.mlflow.experiment))  # fmt: skip
         return active.info.run_id
     except Exception as exc:  # tracking is a second view of what Delta already holds
         log.warning("mlflow: could not log run %s (%s: %s); the Delta tables are complete", run_id,
-                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")  # fmt: skip
+                    type(exc).__name__, _first_line(exc))  # fmt: skip
         return None
 
 
@@ -137,8 +170,12 @@ def log_report(cfg: Config, run_id: str, report_dir: str) -> str | None:
         return mlflow_run
     except Exception as exc:
         log.warning("mlflow: could not log the report of run %s (%s: %s)", run_id, type(exc).__name__,
-                    str(exc).splitlines()[0] if str(exc) else "")  # fmt: skip
+                    _first_line(exc))  # fmt: skip
         return None
+
+
+def _first_line(exc: Exception) -> str:
+    return redact(str(exc).splitlines()[0]) if str(exc) else ""
 
 
 def _pyspark_version() -> str:
