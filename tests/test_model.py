@@ -366,9 +366,11 @@ def test_restart_seeds_start_with_the_fits_own_seed():
 
 def test_restarted_fit_keeps_the_restart_with_the_lowest_wcss(spark, tmp_path):
     # Structureless data: each seed's k-means|| lands in its own local optimum.
-    vectors = VectorAssembler(inputCols=["x", "y"], outputCol=model.VECTOR).transform(
-        spark.range(400).selectExpr("rand(1) AS x", "rand(2) AS y").repartition(1)
-    ).cache()
+    vectors = (
+        VectorAssembler(inputCols=["x", "y"], outputCol=model.VECTOR)
+        .transform(spark.range(400).selectExpr("rand(1) AS x", "rand(2) AS y").repartition(1))
+        .cache()
+    )
     seg = make_config(tmp_path, "segment.restarts=4", "segment.kmeans_tol=1e-9").segment
     singles = [model.clusterer(dataclasses.replace(seg, seed=s), 7).fit(vectors) for s in model.restart_seeds(42, 4)]
     costs = [model.objective(m) for m in singles]

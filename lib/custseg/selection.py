@@ -139,6 +139,7 @@ def _guarded(points: Sequence[SweepPoint], rules: Rules, stability_of: Callable[
         verdicts[chosen] = "chosen"
         return Choice(k=chosen, rule=GUARDED, reason=reason, structure=CLEAR if clear else NONE,
                       verdicts=verdicts, stability=stability)  # fmt: skip
+
     # Nothing passes both guard rails: the least bad candidate, said plainly.
     def least_bad(k: int) -> tuple[float, float, int]:
         share = _point(points, k).smallest_share
