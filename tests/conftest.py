@@ -103,19 +103,29 @@ def build_once(done: Path, build: Callable[[], None]) -> None:
             done.touch()
 
 
+def lake_config(factory: pytest.TempPathFactory, name: str, *settings: str) -> Config:
+    """The test config of a lake shared by every worker: ``<run's temp root>/<name>``."""
+    base = shared_dir(factory) / name
+    base.mkdir(exist_ok=True)
+    return make_config(base, *settings, f"report.dir={base / 'reports'}")
+
+
+def generated_once(spark: SparkSession, cfg: Config) -> Path:
+    """``cfg.demo``'s sources (pos/, web/, truth/), generated once per test run (across workers)."""
+    raw = Path(cfg.demo.raw_dir)
+    build_once(raw.with_name("raw.done"), lambda: datagen.generate(spark, cfg.demo))
+    return raw
+
+
 @pytest.fixture(scope="session")
 def demo_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    base = shared_dir(tmp_path_factory) / "demo-lake"
-    base.mkdir(exist_ok=True)
-    return make_config(base, *DEMO_LAKE_SETTINGS, f"report.dir={base / 'reports'}")
+    return lake_config(tmp_path_factory, "demo-lake", *DEMO_LAKE_SETTINGS)
 
 
 @pytest.fixture(scope="session")
 def demo_raw(spark: SparkSession, demo_config: Config) -> Path:
-    """The demo sources (pos/, web/, truth/), generated once per test run (across workers)."""
-    raw = Path(demo_config.demo.raw_dir)
-    build_once(raw.with_name("raw.done"), lambda: datagen.generate(spark, demo_config.demo))
-    return raw
+    """The demo sources, generated once per test run."""
+    return generated_once(spark, demo_config)
 
 
 # The realistic scenario: customers like a real retailer's, overlapping, heavy-tailed,
@@ -127,17 +137,13 @@ REALISTIC_SETTINGS = (
 
 @pytest.fixture(scope="session")
 def realistic_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    base = shared_dir(tmp_path_factory) / "realistic-lake"
-    base.mkdir(exist_ok=True)
-    return make_config(base, *REALISTIC_SETTINGS, f"report.dir={base / 'reports'}")
+    return lake_config(tmp_path_factory, "realistic-lake", *REALISTIC_SETTINGS)
 
 
 @pytest.fixture(scope="session")
 def realistic_raw(spark: SparkSession, realistic_config: Config) -> Path:
-    """The realistic scenario's sources, generated once per test run (across workers)."""
-    raw = Path(realistic_config.demo.raw_dir)
-    build_once(raw.with_name("raw.done"), lambda: datagen.generate(spark, realistic_config.demo))
-    return raw
+    """The realistic scenario's sources, generated once per test run."""
+    return generated_once(spark, realistic_config)
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,9 @@ customers (where the segment's median customer sits in the population). And
 revenue, the revenue index, the dominant RFM segment, the median customer's recency,
 frequency and spend, a value tier, a name and a one-sentence description.
 
-Names come from the medians' percentile ranks, not from means: spend is skewed (the top
-1% of a retailer's customers can spend 26 times the median), so a few whales move a
-segment's mean, and z-scores of means, without saying anything about its typical
-customer. With recency, frequency and monetary a name is a value tier, a recency word
-and a frequency word, e.g. "High-value active loyal"; with a customer table alone, the
-two most distinctive attributes, e.g. "High annual income, high spending score". Names
-that would be shared get qualifiers from the next feature that separates the segments
-(", bigger baskets"), never a number, and the same profile always gets the same name.
+The names and descriptions follow fixed rules on those medians, their percentile ranks
+and the shares (``custseg.naming``, pure Python): this module computes the numbers they
+read, distributed, and writes the tables.
 """
 
 from __future__ import annotations
