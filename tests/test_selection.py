@@ -39,9 +39,10 @@ def test_guarded_without_clear_structure_takes_the_largest_stable_k_of_the_busin
     assert (choice.k, choice.structure) == (5, selection.NONE)
     assert stability.asked == [6, 5]  # largest first, and no further than needed
     assert choice.stability == {6: 0.70, 5: 0.81}
-    assert choice.verdicts[6] == "rejected: a segment's bootstrap Jaccard is 0.70, below 0.75 (unstable)"
+    assert choice.verdicts[6] == "rejected: a segment's mean bootstrap Jaccard is 0.70, below 0.75 (unstable)"
     assert choice.verdicts[2] == "not considered: outside the business range 3-6"
     assert choice.verdicts[5] == "chosen"
+    assert choice.verdicts[4] == choice.verdicts[3] == "not tested: k=5 passed first"
     assert choice.reason.startswith("no clear cluster structure: the best silhouette, 0.500 at k=2, is below 0.7")
     assert "k=5 is the largest k in the business range 3-6" in choice.reason
     assert "lowest bootstrap Jaccard 0.81" in choice.reason
@@ -64,6 +65,7 @@ def test_guarded_with_clear_structure_takes_the_smallest_k_near_the_best_silhoue
     assert (choice.k, choice.structure) == (4, selection.CLEAR) and stability.asked == [4]
     assert choice.reason.startswith("clear cluster structure: the best silhouette, 0.907 at k=4, is at least 0.7")
     assert choice.verdicts[3] == "not considered: silhouette not within tolerance of the best"
+    assert choice.verdicts[5] == "not tested: k=4 passed first"  # within tolerance, but a smaller k passed
 
 
 def test_guarded_with_clear_structure_falls_back_to_the_business_range_when_its_ks_fail():
@@ -100,3 +102,30 @@ def test_plain_rules_and_fixed_k_keep_their_reasons():
     assert selection.fixed(5).reason == "segment.k is 5 in the config"
     with pytest.raises(ValueError, match="unknown k selection rule 'gap'"):
         selection.choose(FLAT, selection.Rules(rule="gap", tolerance=0.0), None)
+
+
+def test_guarded_closest_to_passing_prefers_segments_that_are_all_large_enough():
+    # every k falls just short of stability; k=6 also has a micro-segment, so it was never
+    # measured: it must not win on an unmeasured stability
+    points = [*FLAT[:4], point(6, 0.42, smallest_share=0.01), FLAT[5]]
+    choice = selection.choose(points, RULES, Jaccards({5: 0.70, 4: 0.74, 3: 0.72}))
+    assert choice.k == 4 and choice.verdicts[6].startswith("rejected: smallest segment 1.0%")
+
+
+def test_guarded_rejects_an_empty_segment_even_without_a_minimum_share():
+    rules = selection.Rules(rule="guarded", tolerance=0.02, min_segment_share=0.0, business_k=(3, 6))
+    points = [point(3, 0.45), point(4, 0.44, smallest_share=0.0)]
+    choice = selection.choose(points, rules, None)
+    assert choice.k == 3 and choice.verdicts[4] == "rejected: a segment is empty"
+
+
+def test_guarded_ignores_undefined_silhouettes():
+    # a Gaussian mixture that left components empty has no silhouette at that k
+    nan = float("nan")
+    points = [point(2, nan, smallest_share=0.0), point(3, 0.9), point(4, 0.6)]
+    choice = selection.choose(points, RULES, None)
+    assert (choice.k, choice.structure) == (3, selection.CLEAR)
+    assert "the best silhouette, 0.900 at k=3" in choice.reason
+    nothing = selection.choose([point(3, nan), point(4, nan)], RULES, None)
+    assert nothing.structure == selection.NONE and "undefined at every k" in nothing.reason
+    assert selection.choose(points, selection.Rules(rule="silhouette", tolerance=0.02), None).k == 3

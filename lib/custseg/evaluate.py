@@ -43,8 +43,9 @@ def elbow_k(points: Sequence[SweepPoint]) -> int:
 def silhouette_k(points: Sequence[SweepPoint], tolerance: float) -> int:
     """The smallest k whose silhouette is within ``tolerance`` of the best: simpler
     models win when the data cannot tell them apart."""
-    best = max(p.silhouette for p in points)
-    return min(p.k for p in points if p.silhouette >= best - tolerance)
+    finite = [p for p in points if math.isfinite(p.silhouette)]  # nan: fewer than two non-empty clusters
+    best = max(p.silhouette for p in finite)
+    return min(p.k for p in finite if p.silhouette >= best - tolerance)
 
 
 def choose_k(points: Sequence[SweepPoint], rule: str, tolerance: float) -> int:

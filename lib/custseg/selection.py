@@ -10,12 +10,14 @@ are the ks of the business range, largest first (the most segments that still pa
 Each candidate must then have no segment below ``min_segment_share`` of the customers,
 and every segment stable, its mean best-match bootstrap Jaccard at least
 ``stability_threshold``. The first candidate that passes is chosen. Stability is measured
-only for candidates that reach that test, one k at a time, so it costs a few refits for
-the ks that matter rather than for the whole sweep. Every decision is kept as text.
+only for candidates that reach that test, one k at a time: each costs
+``selection_bootstrap`` x ``restarts`` fits, for the ks that matter rather than for the
+whole sweep. Every decision is kept as text.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -61,8 +63,10 @@ def choose(points: Sequence[SweepPoint], rules: Rules, stability_of: Callable[[i
     if not points:
         raise ValueError("the k sweep is empty")
     if rules.rule == "silhouette":
-        k = silhouette_k(points, rules.tolerance)
         best = _best(points)
+        if best is None:
+            raise ValueError("the silhouette rule needs a finite silhouette at some k of the sweep")
+        k = silhouette_k(points, rules.tolerance)
         reason = (f"the smallest k whose silhouette ({_point(points, k).silhouette:.3f}) is within "
                   f"{rules.tolerance:g} of the best ({best.silhouette:.3f} at k={best.k})")  # fmt: skip
         return Choice(k=k, rule="silhouette", reason=reason, verdicts={k: f"chosen: {reason}"})
@@ -75,9 +79,15 @@ def choose(points: Sequence[SweepPoint], rules: Rules, stability_of: Callable[[i
     raise ValueError(f"unknown k selection rule {rules.rule!r}")
 
 
-def _best(points: Sequence[SweepPoint]) -> SweepPoint:
-    """The highest silhouette; ties go to the smaller k."""
-    return max(points, key=lambda p: (p.silhouette, -p.k))
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _best(points: Sequence[SweepPoint]) -> SweepPoint | None:
+    """The highest finite silhouette; ties go to the smaller k. None when no silhouette
+    is finite (a mixture that left components empty has none)."""
+    scored = [p for p in points if _finite(p.silhouette)]
+    return max(scored, key=lambda p: (p.silhouette, -p.k)) if scored else None
 
 
 def _point(points: Sequence[SweepPoint], k: int) -> SweepPoint:
@@ -90,36 +100,45 @@ def _share(value: float | None) -> str:
 
 def _guarded(points: Sequence[SweepPoint], rules: Rules, stability_of: Callable[[int], float] | None) -> Choice:
     best = _best(points)
-    clear = best.silhouette >= rules.structure_silhouette
+    clear = best is not None and best.silhouette >= rules.structure_silhouette
     swept = sorted(p.k for p in points)
     lo, hi = rules.business_k
     in_range = [k for k in swept if lo <= k <= hi] or swept
     overlaps = any(lo <= k <= hi for k in swept)
     range_text = f"the business range {lo}-{hi}" if overlaps else f"the sweep {swept[0]}-{swept[-1]}"
+    best_text = f"{best.silhouette:.3f} at k={best.k}" if best else "undefined at every k"
     if clear:
-        candidates = sorted(p.k for p in points if p.silhouette >= best.silhouette - rules.tolerance)
-        structure = (f"clear cluster structure: the best silhouette, {best.silhouette:.3f} at k={best.k}, is at "
-                     f"least {rules.structure_silhouette:g}")  # fmt: skip
+        near = [p.k for p in points if _finite(p.silhouette) and p.silhouette >= best.silhouette - rules.tolerance]
+        candidates = sorted(near)
+        structure = (f"clear cluster structure: the best silhouette, {best_text}, is at least "
+                     f"{rules.structure_silhouette:g}")  # fmt: skip
         how = f"the smallest k whose silhouette is within {rules.tolerance:g} of the best"
     else:
         candidates = sorted(in_range, reverse=True)
-        structure = (f"no clear cluster structure: the best silhouette, {best.silhouette:.3f} at k={best.k}, is "
-                     f"below {rules.structure_silhouette:g}, so no k stands out")  # fmt: skip
+        structure = (f"no clear cluster structure: the best silhouette, {best_text}, is below "
+                     f"{rules.structure_silhouette:g}, so no k stands out")  # fmt: skip
         how = f"the largest k in {range_text}"
-    verdicts: dict[int, str] = {k: "not considered: " + ("silhouette not within tolerance of the best" if clear
-                                                         else f"outside {range_text}") for k in swept}  # fmt: skip
+    verdicts: dict[int, str] = {
+        k: "not considered: " + ("silhouette not within tolerance of the best" if clear else f"outside {range_text}")
+        for k in swept
+        if k not in candidates
+    }
     stability: dict[int, float] = {}
+    shares_passed: set[int] = set()
 
     def passes(k: int) -> bool:
         share = _point(points, k).smallest_share
-        if share is not None and share < rules.min_segment_share:
+        # An empty segment is a fit of fewer than k segments, whatever the minimum share.
+        if share is not None and (share <= 0 or share < rules.min_segment_share):
             minimum = _share(rules.min_segment_share)
-            verdicts[k] = f"rejected: smallest segment {_share(share)} of customers, below {minimum}"
+            verdicts[k] = f"rejected: smallest segment {_share(share)} of customers, below {minimum}" if share > 0 \
+                else "rejected: a segment is empty"  # fmt: skip
             return False
+        shares_passed.add(k)
         if stability_of is not None:
             stability[k] = stability_of(k)
             if stability[k] < rules.stability_threshold:
-                verdicts[k] = (f"rejected: a segment's bootstrap Jaccard is {stability[k]:.2f}, below "
+                verdicts[k] = (f"rejected: a segment's mean bootstrap Jaccard is {stability[k]:.2f}, below "
                                f"{rules.stability_threshold:g} (unstable)")  # fmt: skip
                 return False
         return True
@@ -130,20 +149,28 @@ def _guarded(points: Sequence[SweepPoint], rules: Rules, stability_of: Callable[
     chosen = next((k for k in candidates if passes(k)), None)
     if chosen is None and clear:  # the clear structure's ks fail the guard rails: fall back to the business range
         fallback = [k for k in sorted(in_range, reverse=True) if k not in candidates]
+        for k in fallback:
+            verdicts.pop(k, None)
         chosen = next((k for k in fallback if passes(k)), None)
         if chosen is not None:
             how = f"no k near the best silhouette passed the guard rails; the largest k in {range_text}"
         candidates = [*candidates, *fallback]
+    tested = set(verdicts) | ({chosen} if chosen is not None else set())
+    for k in candidates:  # the candidates the rule never reached: another passed first
+        if k not in tested:
+            verdicts[k] = f"not tested: k={chosen} passed first"
     if chosen is not None:
         reason = f"{structure}; k={chosen} is {how} with {guards}" + _measured(points, chosen, stability)
         verdicts[chosen] = "chosen"
         return Choice(k=chosen, rule=GUARDED, reason=reason, structure=CLEAR if clear else NONE,
                       verdicts=verdicts, stability=stability)  # fmt: skip
 
-    # Nothing passes both guard rails: the least bad candidate, said plainly.
-    def least_bad(k: int) -> tuple[float, float, int]:
+    # Nothing passes both guard rails: the least bad candidate, said plainly. A k whose
+    # segments are all large enough beats one with a micro-segment or an empty one, then
+    # the more stable, then the larger smallest segment, then the larger k.
+    def least_bad(k: int) -> tuple[bool, float, float, int]:
         share = _point(points, k).smallest_share
-        return (stability.get(k, 1.0) if stability_of else 1.0, share if share is not None else 1.0, k)
+        return (k in shares_passed, stability.get(k, 0.0), share if share is not None else 0.0, k)
 
     chosen = max(candidates, key=least_bad)
     reason = (f"{structure}; no candidate k had {guards}, so k={chosen} is the one closest to passing"
@@ -155,7 +182,8 @@ def _guarded(points: Sequence[SweepPoint], rules: Rules, stability_of: Callable[
 
 def _measured(points: Sequence[SweepPoint], k: int, stability: dict[int, float]) -> str:
     point = _point(points, k)
-    parts = [f"silhouette {point.silhouette:.3f}", f"smallest segment {_share(point.smallest_share)}"]
+    silhouette = f"{point.silhouette:.3f}" if _finite(point.silhouette) else "undefined"
+    parts = [f"silhouette {silhouette}", f"smallest segment {_share(point.smallest_share)}"]
     if k in stability:
         parts.append(f"lowest bootstrap Jaccard {stability[k]:.2f}")
     return f" ({', '.join(parts)})"
