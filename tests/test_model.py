@@ -4,14 +4,13 @@ import dataclasses
 import logging
 import math
 
-import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
 
-from custseg import model
+from custseg import model, restarts
 from tests.conftest import make_config
 
 
@@ -283,7 +282,7 @@ def test_stability_skips_the_production_seed_which_would_only_flatter_it(spark, 
     fitted, result = model.fit(spark, feats, cfg, "r1")
     labels = model.label(fitted, feats, cfg, result.model_version, 3, "r1")
     report = model.check_stability(spark, fitted, feats, labels, cfg, 3, "r1")
-    assert [(r.kind, r.seed) for r in report.replicates] == [("seed", 5), ("bootstrap", 42)]
+    assert [(r.kind, r.seed) for r in report.replicates] == [("seed", 5), ("bootstrap", 43)]  # resampled and reseeded
     assert report.min_ari > 0.9 and not report.unstable_segments
 
 
@@ -359,40 +358,6 @@ def test_sweep_fits_at_once_give_the_same_points_and_models_in_k_order(spark, tm
     assert [m.split(":")[0] for m in steps] == [f"k sweep {i}/15" for i in range(1, 16)]  # 5 ks x 3 restarts
 
 
-def test_restart_seeds_start_with_the_fits_own_seed():
-    assert model.restart_seeds(42, 3) == [42, 42 + model.RESTART_STRIDE, 42 + 2 * model.RESTART_STRIDE]
-    assert model.restart_seeds(7, 1) == [7]
-
-
-def test_restarted_fit_keeps_the_restart_with_the_lowest_wcss(spark, tmp_path):
-    # Structureless data: each seed's k-means|| lands in its own local optimum.
-    vectors = (
-        VectorAssembler(inputCols=["x", "y"], outputCol=model.VECTOR)
-        .transform(spark.range(400).selectExpr("rand(1) AS x", "rand(2) AS y").repartition(1))
-        .cache()
-    )
-    seg = make_config(tmp_path, "segment.restarts=4", "segment.kmeans_tol=1e-9").segment
-    singles = [model.clusterer(dataclasses.replace(seg, seed=s), 7).fit(vectors) for s in model.restart_seeds(42, 4)]
-    costs = [model.objective(m) for m in singles]
-    assert len({round(cost, 9) for cost in costs}) > 1  # the restarts disagree, so the choice matters
-    best = model.Restarted(seg, 7).fit(vectors)
-    assert model.objective(best) == min(costs)
-    winner = singles[costs.index(min(costs))]
-    assert [list(c) for c in best.clusterCenters()] == [list(c) for c in winner.clusterCenters()]
-    assert model.objective(best) == pytest.approx(model.scored(best, vectors, 7).wcss, rel=1e-9)
-    vectors.unpersist()
-
-
-def test_best_fit_ties_go_to_the_earlier_restart(spark, tmp_path):
-    vectors = VectorAssembler(inputCols=["x"], outputCol=model.VECTOR).transform(
-        spark.createDataFrame([(0.0,), (0.1,), (5.0,), (5.1,)], "x DOUBLE")
-    )
-    seg = make_config(tmp_path).segment
-    first, second = (model.clusterer(dataclasses.replace(seg, seed=s), 2).fit(vectors) for s in (1, 2))
-    assert model.objective(first) == pytest.approx(model.objective(second))
-    assert model.best_fit([(1, second), (0, first)]) is first
-
-
 def test_sweep_sample_is_laid_out_as_the_model_input(spark, tmp_path):
     # The window that draws the sample leaves it in a partition per stratum (here, the
     # two shuffle partitions); KMeans gets it hashed by customer like the full input.
@@ -419,5 +384,5 @@ def test_kmeans_stops_once_no_centre_moves_more_than_kmeans_tol(spark, tmp_path)
     strict = make_config(tmp_path, "segment.kmeans_tol=1e-12").segment
     loose = dataclasses.replace(strict, kmeans_tol=10.0)  # farther than any point lies from any other
 
-    assert model.clusterer(loose, 4).fit(vectors).summary.numIter == 1
-    assert model.clusterer(strict, 4).fit(vectors).summary.numIter > 1
+    assert restarts.clusterer(loose, 4).fit(vectors).summary.numIter == 1
+    assert restarts.clusterer(strict, 4).fit(vectors).summary.numIter > 1

@@ -18,8 +18,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
-from pyspark.ml import Estimator, Model, Pipeline, PipelineModel, Transformer
-from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, GaussianMixtureModel, KMeans
+from pyspark.ml import Model, Pipeline, PipelineModel, Transformer
 from pyspark.ml.feature import (
     PCA,
     OneHotEncoder,
@@ -33,10 +32,11 @@ from pyspark.sql import DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
 from custseg import columns as c
-from custseg import history, io, progress, selection, stability, tracking
+from custseg import history, io, progress, restarts, selection, stability, tracking
 from custseg.config import Config, ConfigError, SegmentConfig
 from custseg.evaluate import SweepPoint, cluster_indices
 from custseg.matching import assign
+from custseg.restarts import Restarted, clusterer
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,6 @@ PREDICTION = c.PREDICTION
 VECTOR = c.VECTOR
 SCALED = "scaled"
 FIT_PARTITION_CUSTOMERS = 500_000  # customers per partition of the model input, unless configured
-# Restart i of a fit seeded s is seeded s + i x this: a prime, so nearby seeds share no restart.
-RESTART_STRIDE = 1_000_003
 
 LABEL_COLUMNS = (c.CUSTOMER_ID, c.SEGMENT_ID, c.K, c.RUN_ID, c.AS_OF_DATE, c.MODEL_VERSION)
 SWEEP_SCHEMA = (
@@ -228,16 +226,6 @@ def components_for_share(explained: Sequence[float], share: float) -> int:
     return len(explained)
 
 
-def clusterer(cfg: SegmentConfig, k: int) -> Estimator:
-    """The configured clustering estimator for ``k`` segments, seeded from config."""
-    common = {"k": k, "seed": cfg.seed, "maxIter": cfg.max_iter, "featuresCol": VECTOR, "predictionCol": PREDICTION}
-    if cfg.algorithm == "bisecting_kmeans":  # divisive and hierarchical: scales to many k
-        return BisectingKMeans(**common)
-    if cfg.algorithm == "gaussian_mixture":  # soft, elliptical clusters; labels are the most likely
-        return GaussianMixture(**common, probabilityCol="segment_probability")
-    return KMeans(**common, initMode="k-means||", tol=cfg.kmeans_tol)
-
-
 def scored(model: Model, vectors: DataFrame, k: int) -> SweepPoint:
     """The fitted model's indices over ``vectors``: WCSS, silhouette (nan with fewer
     than two non-empty clusters), Calinski-Harabasz, Davies-Bouldin and the smallest
@@ -253,48 +241,6 @@ def scored(model: Model, vectors: DataFrame, k: int) -> SweepPoint:
     )
 
 
-def restart_seeds(seed: int, restarts: int) -> list[int]:
-    """The seeds of a fit's restarts: its own seed first, then seeds derived from it."""
-    return [seed + RESTART_STRIDE * i for i in range(restarts)]
-
-
-def objective(model: Model) -> float:
-    """What a restart minimises, from the fit's own summary (no pass over the data):
-    the within-cluster sum of squares for (bisecting) k-means, minus the
-    log-likelihood for a Gaussian mixture."""
-    if isinstance(model, GaussianMixtureModel):
-        return -float(model.summary.logLikelihood)
-    return float(model.summary.trainingCost)
-
-
-def best_fit(fits: Sequence[tuple[int, Model]]) -> Model:
-    """The (restart, model) pair with the lowest objective; ties go to the earlier restart."""
-    return min(((objective(model), restart, model) for restart, model in fits), key=lambda t: t[:2])[2]
-
-
-@dataclass(frozen=True)
-class Restarted:
-    """The configured clusterer for ``k``, fitted from ``seg.restarts`` seeds derived from
-    ``seg.seed``; ``fit`` keeps the model with the lowest objective, as scikit-learn's
-    ``n_init``. k-means|| from one seed can settle in a poor local optimum even on data
-    with obvious groups; the best of a few is what the stability check should measure."""
-
-    seg: SegmentConfig
-    k: int
-
-    def fit(self, vectors: DataFrame) -> Model:
-        seeds = restart_seeds(self.seg.seed, self.seg.restarts)
-
-        def one(restart: int) -> tuple[int, Model]:
-            return restart, clusterer(dataclasses.replace(self.seg, seed=seeds[restart]), self.k).fit(vectors)
-
-        if len(seeds) == 1:
-            return one(0)[1]
-        workers = min(self.seg.sweep_parallelism, len(seeds))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restart") as pool:
-            return best_fit(list(pool.map(one, range(len(seeds)))))
-
-
 def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dict[int, Model]]:
     """Fit the clusterer for every k in [k_min, k_max] (or just the fixed k) from
     ``cfg.restarts`` seeds, keep each k's best fit (``Restarted``), and score it: WCSS,
@@ -306,11 +252,11 @@ def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dic
     to 500,000 customers, so each fit keeps one core busy. Each fit is seeded and reads
     the same input, so its model does not depend on what runs beside it."""
     ks = [cfg.k] if cfg.k else list(range(cfg.k_min, cfg.k_max + 1))
-    seeds = restart_seeds(cfg.seed, cfg.restarts)
+    seeds = restarts.restart_seeds(cfg.seed, cfg.restarts)
     steps = progress.Steps("k sweep", len(ks) * len(seeds))
 
-    def fit_one(k: int, restart: int) -> tuple[int, int, Model]:
-        return k, restart, clusterer(dataclasses.replace(cfg, seed=seeds[restart]), k).fit(vectors)
+    def fit_one(k: int, restart: int) -> tuple[int, restarts.Fit]:
+        return k, restarts.fit_once(clusterer(dataclasses.replace(cfg, seed=seeds[restart]), k), vectors, restart)
 
     def score(k: int, model: Model) -> SweepPoint:
         point = scored(model, vectors, k)
@@ -319,15 +265,15 @@ def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dic
                  100 * point.smallest_share)  # fmt: skip
         return point
 
-    fits: dict[int, list[tuple[int, Model]]] = {k: [] for k in ks}
+    fits: dict[int, list[restarts.Fit]] = {k: [] for k in ks}
     workers = min(cfg.sweep_parallelism, len(ks) * len(seeds))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="k-sweep") as pool:
         tasks = [pool.submit(fit_one, k, restart) for k in ks for restart in range(len(seeds))]
         for done in as_completed(tasks):
-            k, restart, model = done.result()
-            fits[k].append((restart, model))
-            steps.step(f"k={k} seed={seeds[restart]} objective={objective(model):.2f}")
-        models = {k: best_fit(fits[k]) for k in ks}
+            k, fitted = done.result()
+            fits[k].append(fitted)
+            steps.step(f"k={k} seed={seeds[fitted.restart]} objective={fitted.objective:.2f}")
+        models = {k: restarts.best(fits[k]) for k in ks}
         points = dict(zip(ks, pool.map(lambda k: score(k, models[k]), ks), strict=True))
     return [points[k] for k in ks], models
 
@@ -628,6 +574,12 @@ def finish(
         final = scored(clusters, prepared.everyone, k)
         log.info("k=%d fitted on all %d customers: wcss=%.2f silhouette=%.4f (sample: %.4f)", k, prepared.customers,
                  final.wcss, final.silhouette, next(p.silhouette for p in points if p.k == k))  # fmt: skip
+        if not seg.k and (final.smallest_share or 0.0) < max(seg.min_segment_share, 1e-12):
+            # The guard rails were measured on the sample's model; say so when everyone's differs.
+            note = (f"; fitted on all {prepared.customers} customers, the smallest segment is "
+                    f"{100 * (final.smallest_share or 0.0):.1f}%, below the minimum share")  # fmt: skip
+            log.warning("k=%d%s", k, note)
+            choice = dataclasses.replace(choice, reason=choice.reason + note)
     value = features.select(c.CUSTOMER_ID, F.col(seg.value_feature).alias("_value"))
     clustered = clusters.transform(prepared.vectors).join(value, on=c.CUSTOMER_ID, how="inner")
     stats = cluster_stats(clustered, numeric, "_value")
@@ -789,6 +741,7 @@ def check_stability(
         bootstrap_seed=seg.seed,
         threshold=conf.threshold,
         fit_seed=seg.seed,
+        reseed=True,  # as the k choice's per-k stability: sample and seeding both vary
     )
     runs, segments = stability.stability_frames(spark, report, run_id)
     io.append(runs, io.table_ref(cfg.storage, cfg.tables.stability))
