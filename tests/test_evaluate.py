@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from custseg.evaluate import SweepPoint, adjusted_rand_index, choose_k, cluster_indices, elbow_k, silhouette_k
+from custseg.evaluate import SweepPoint, adjusted_rand_index, cluster_indices, elbow_k, silhouette_k
 
 
 def test_adjusted_rand_index_worked_example(spark):
@@ -37,11 +37,6 @@ def test_elbow_k_is_farthest_below_the_chord():
 def test_silhouette_k_prefers_smallest_k_within_tolerance():
     assert silhouette_k(CURVE, tolerance=0.02) == 3
     assert silhouette_k(CURVE, tolerance=0.0) == 4
-
-
-def test_choose_k_rejects_unknown_rule():
-    with pytest.raises(ValueError, match="unknown k selection rule"):
-        choose_k(CURVE, "gap", 0.0)
 
 
 def _points():

@@ -43,15 +43,26 @@ def test_value_tiers_a_whale_raises_the_mean_but_not_the_tier():
 
 def test_value_tiers_a_segment_with_most_of_the_revenue_is_high_value():
     # median spend 1,684 is only at rank 0.75 (Mid-value by rank), but the segment holds 90% of the revenue
-    top = summary(0, {"monetary": 0.75}, {"monetary": 1684.0}, revenue_share=0.9)
-    rest = summary(1, {"monetary": 0.3}, {"monetary": 259.0}, revenue_share=0.1)
+    top = summary(0, {"monetary": 0.75}, {"monetary": 1684.0}, customer_share=0.3, revenue_share=0.9,
+                  revenue_index=300.0)  # fmt: skip
+    rest = summary(1, {"monetary": 0.3}, {"monetary": 259.0}, customer_share=0.7, revenue_share=0.1,
+                   revenue_index=14.3)  # fmt: skip
     assert naming.value_tiers([top, rest], "monetary") == {0: "High-value", 1: "Low-value"}
+
+
+def test_value_tiers_a_mass_segment_with_most_of_the_revenue_only_by_its_size_is_not_high_value():
+    # 80% of the customers, 55% of the revenue: each brings less than the average (index 69)
+    mass = summary(0, {"monetary": 0.3}, {"monetary": 40.0}, customer_share=0.8, revenue_share=0.55,
+                   revenue_index=68.75)  # fmt: skip
+    few = summary(1, {"monetary": 0.95}, {"monetary": 900.0}, customer_share=0.2, revenue_share=0.45,
+                  revenue_index=225.0)  # fmt: skip
+    assert naming.value_tiers([mass, few], "monetary") == {0: "Low-value", 1: "High-value"}
 
 
 def test_value_tiers_never_fall_as_median_spend_rises():
     # segment 0 is High-value by its revenue majority; segment 1 spends more at the median (rank 0.7,
     # Mid-value by rank), so it is raised to High-value; segment 2 spends less and stays Low-value
-    majority = summary(0, {"monetary": 0.6}, {"monetary": 300.0}, revenue_share=0.55)
+    majority = summary(0, {"monetary": 0.6}, {"monetary": 300.0}, revenue_share=0.55, revenue_index=220.0)
     higher = summary(1, {"monetary": 0.7}, {"monetary": 400.0}, revenue_share=0.3)
     lower = summary(2, {"monetary": 0.2}, {"monetary": 20.0}, revenue_share=0.15)
     unplaced = summary(-1, {"monetary": None}, {"monetary": None}, revenue_share=None)

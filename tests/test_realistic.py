@@ -5,18 +5,26 @@ follow their value, and segments that do not depend on the seed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pyspark.sql import functions as F
 
 from custseg import columns as c
 from custseg import io, naming
 from custseg.cli import run_stage
+from tests.conftest import build_once
 
 
 @pytest.fixture(scope="module")
 def realistic_lake(spark, realistic_config, realistic_raw):
-    for stage in ("ingest", "features", "segment", "profile"):
-        run_stage(stage, spark, realistic_config, "realistic-run")
+    """One run of the pipeline on the realistic sources, by whichever worker asks first."""
+
+    def build() -> None:
+        for stage in ("ingest", "features", "segment", "profile"):
+            run_stage(stage, spark, realistic_config, "realistic-run")
+
+    build_once(Path(realistic_config.storage.root).with_name("lake.done"), build)
     return realistic_config
 
 

@@ -1,4 +1,5 @@
-"""Clustering evaluation: choosing k from a sweep, and agreement between labelings."""
+"""Clustering evaluation: the sweep's indices, the plain k rules (elbow, silhouette; custseg.selection
+chooses with them), and agreement between labelings."""
 
 from __future__ import annotations
 
@@ -46,16 +47,6 @@ def silhouette_k(points: Sequence[SweepPoint], tolerance: float) -> int:
     finite = [p for p in points if math.isfinite(p.silhouette)]  # nan: fewer than two non-empty clusters
     best = max(p.silhouette for p in finite)
     return min(p.k for p in finite if p.silhouette >= best - tolerance)
-
-
-def choose_k(points: Sequence[SweepPoint], rule: str, tolerance: float) -> int:
-    if not points:
-        raise ValueError("the k sweep is empty")
-    if rule == "elbow":
-        return elbow_k(points)
-    if rule == "silhouette":
-        return silhouette_k(points, tolerance)
-    raise ValueError(f"unknown k selection rule {rule!r}")
 
 
 def adjusted_rand_index(df: DataFrame, labels_a: str, labels_b: str) -> float:

@@ -29,7 +29,7 @@ HIGH_VALUE, MID_VALUE, LOW_VALUE = "High-value", "Mid-value", "Low-value"
 TIERS = (LOW_VALUE, MID_VALUE, HIGH_VALUE)  # lowest first
 HIGH_VALUE_RANK = 0.8
 MID_VALUE_RANK = 0.5
-REVENUE_MAJORITY = 0.5  # a segment with more of the revenue than this is High-value whatever its median
+REVENUE_MAJORITY = 0.5  # more of the revenue than this, at a revenue index above 100: High-value whatever its median
 # Recency by terciles of the population: the most recent third active, the least recent lapsed.
 ACTIVE_RANK = 1 / 3
 LAPSED_RANK = 2 / 3
@@ -100,9 +100,10 @@ def value_tier(rank: float) -> str:
 
 def value_tiers(segments: Sequence[SegmentSummary], value_feature: str) -> dict[int, str]:
     """The tier of every placed segment with a median of ``value_feature``: by its rank
-    (``value_tier``), except that a segment with more than half the revenue is
-    High-value; then tiers never fall as the median rises: each segment takes the
-    highest tier among the segments whose median is at most its own."""
+    (``value_tier``), except that a segment with more than half the revenue, at a
+    revenue index above 100, is High-value; then tiers never fall as the median rises:
+    each segment takes the highest tier among the segments whose median is at most its
+    own."""
     rated = [
         s
         for s in segments
@@ -110,7 +111,10 @@ def value_tiers(segments: Sequence[SegmentSummary], value_feature: str) -> dict[
     ]
 
     def own(s: SegmentSummary) -> str:
-        majority = s.revenue_share is not None and s.revenue_share > REVENUE_MAJORITY
+        # Most of the revenue from customers who each bring more than the average one: a
+        # mass segment that holds most of the revenue only by its size is not High-value.
+        above_average = s.revenue_index is None or s.revenue_index > 100
+        majority = s.revenue_share is not None and s.revenue_share > REVENUE_MAJORITY and above_average
         return HIGH_VALUE if majority else value_tier(s.ranks[value_feature])
 
     tiers = {s.segment_id: own(s) for s in rated}

@@ -732,10 +732,13 @@ def _this_run(frame: pd.DataFrame, table: str, run_id: str) -> pd.DataFrame:
 
 def read_sweep(spark: SparkSession, cfg: Config, version: str) -> pd.DataFrame:
     """The k sweep that fitted model ``version``: one row per k, ascending."""
+    sweep = _read(spark, cfg, cfg.tables.k_sweep)
+    # a k_sweep written before the guard rails has no such columns: shown as "–"
+    guards = [F.col(g) if g in sweep.columns else F.lit(None).alias(g) for g in ("smallest_share", "stability")]
+    reason = F.col("reason") if "reason" in sweep.columns else F.lit(None).cast("string").alias("reason")
     return (
-        _read(spark, cfg, cfg.tables.k_sweep)
-        .where(F.col(c.MODEL_VERSION) == version)
-        .select(c.K, *SWEEP_METRICS, "smallest_share", "stability", "chosen", "reason")
+        sweep.where(F.col(c.MODEL_VERSION) == version)
+        .select(c.K, *SWEEP_METRICS, *guards, "chosen", reason)
         .toPandas()  # one row per k
         .sort_values(c.K)
         .drop_duplicates(c.K, keep="last")  # a rerun of the same run id appends its sweep again
