@@ -36,12 +36,13 @@ names = dict(zip(segments["segment_id"], segments["segment_name"], strict=True))
 
 # MAGIC %md
 # MAGIC ## What sets each segment apart, and what it is worth
-# MAGIC The segments' feature means as z-scores against all placed customers; then each
-# MAGIC segment's share of customers beside its share of revenue.
+# MAGIC Where each segment's median customer sits among all placed customers, as a
+# MAGIC percentile per feature (50: typical); then each segment's share of customers
+# MAGIC beside its share of revenue.
 
 # COMMAND ----------
 
-nb.plot("segment_profiles", report.plot_feature_heatmap(report.z_score_matrix(features), names))
+nb.plot("segment_profiles", report.plot_feature_heatmap(report.rank_matrix(features), names))
 nb.plot("segment_sizes", report.plot_segment_sizes(segments))
 
 # COMMAND ----------

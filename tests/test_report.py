@@ -4,6 +4,7 @@ page, and one real report on a small demo lake."""
 from __future__ import annotations
 
 import base64
+import math
 import os
 import shutil
 import sys
@@ -405,3 +406,15 @@ def test_run_report_opens_in_chromium_with_every_plot_drawn(lake):
         assert image["loaded"] and image["width"] >= 600 and image["height"] >= 300, image
         assert 600 <= image["shown"] <= 1280, image
     assert Path(result.path).with_name("screenshot.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_rank_matrix_is_the_medians_percentile_per_segment_and_feature_in_order():
+    rows = pd.DataFrame({
+        "segment_id": [0, 0, 1, 1, -1],
+        "feature": ["monetary", "recency_days", "monetary", "recency_days", "monetary"],
+        "percentile_rank": [0.875, 0.2, 0.25, None, None],
+    })  # fmt: skip
+    matrix = report.rank_matrix(rows, ["recency_days"])
+    assert list(matrix.columns) == ["recency_days", "monetary"] and list(matrix.index) == [0, 1]
+    assert matrix.loc[0].tolist() == [20.0, 87.5]
+    assert math.isnan(matrix.loc[1, "recency_days"]) and matrix.loc[1, "monetary"] == 25.0

@@ -320,11 +320,16 @@ def migration_matrix(moves: pd.DataFrame) -> pd.DataFrame:
     return _matrix(long, "from_segment", "to_segment", rows, cols, "from \\ to")
 
 
-def z_score_matrix(feature_profiles: pd.DataFrame, feature_order: Sequence[str] = ()) -> pd.DataFrame:
-    """segment_feature_profiles rows -> segment id (placed segments only) x feature
-    z-scores; features in ``feature_order`` first, then the rest alphabetically."""
-    placed = feature_profiles[feature_profiles[c.SEGMENT_ID] >= 0]
-    matrix = placed.pivot_table(index=c.SEGMENT_ID, columns="feature", values="z_score", aggfunc="first")
+def rank_matrix(feature_profiles: pd.DataFrame, feature_order: Sequence[str] = ()) -> pd.DataFrame:
+    """segment_feature_profiles rows -> segment id (placed segments only) x feature: the
+    percentile rank of the segment's median among all placed customers, from 0 to 100
+    (50: the median customer is typical); features in ``feature_order`` first, then the
+    rest alphabetically. Not the z-scores of means: on skewed spend a few big spenders
+    move a mean without saying anything about the segment's typical customer."""
+    placed = feature_profiles[feature_profiles[c.SEGMENT_ID] >= 0].assign(
+        _rank=lambda df: 100 * df["percentile_rank"].astype(float)
+    )
+    matrix = placed.pivot_table(index=c.SEGMENT_ID, columns="feature", values="_rank", aggfunc="first", dropna=False)
     names = list(matrix.columns)
     order = [*dict.fromkeys(f for f in feature_order if f in names), *sorted(set(names) - set(feature_order))]
     return matrix.reindex(index=segment_order(matrix.index.tolist()), columns=order)
@@ -410,21 +415,21 @@ def plot_scatter(
     return png_bytes(fig)
 
 
-def plot_feature_heatmap(z: pd.DataFrame, names: Mapping[int, str]) -> bytes:
-    """Segment x feature z-scores of the segments' means, on a diverging scale."""
-    fig = Figure(figsize=(max(6, 0.9 * z.shape[1] + 3), max(3, 0.6 * z.shape[0] + 2)), layout="constrained")
+def plot_feature_heatmap(ranks: pd.DataFrame, names: Mapping[int, str]) -> bytes:
+    """Segment x feature percentile ranks of the segments' medians (``rank_matrix``), on
+    a diverging scale centred on the typical customer (50)."""
+    fig = Figure(figsize=(max(6, 0.9 * ranks.shape[1] + 3), max(3, 0.6 * ranks.shape[0] + 2)), layout="constrained")
     ax = fig.subplots()
-    values = z.to_numpy(dtype=float)
-    limit = max(1.0, float(np.nanmax(np.abs(values))) if values.size else 1.0)
-    image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    values = ranks.to_numpy(dtype=float)
+    image = ax.imshow(values, cmap="RdBu_r", vmin=0.0, vmax=100.0, aspect="auto")
     for (i, j), v in np.ndenumerate(values):
         if not np.isnan(v):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize="small",
-                    color="white" if abs(v) > 0.6 * limit else "black")  # fmt: skip
-    ax.set_xticks(range(z.shape[1]), [str(f).replace("_", " ") for f in z.columns], rotation=30, ha="right")
-    ax.set_yticks(range(z.shape[0]), [f"{s}: {names.get(s, '')}" for s in z.index])
-    ax.set_title("Segment means as z-scores against all placed customers")
-    fig.colorbar(image, ax=ax, label="z-score")
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize="small",
+                    color="white" if abs(v - 50) > 30 else "black")  # fmt: skip
+    ax.set_xticks(range(ranks.shape[1]), [str(f).replace("_", " ") for f in ranks.columns], rotation=30, ha="right")
+    ax.set_yticks(range(ranks.shape[0]), [f"{s}: {names.get(s, '')}" for s in ranks.index])
+    ax.set_title("Where each segment's median customer sits among all customers (percentile)")
+    fig.colorbar(image, ax=ax, label="percentile rank of the median")
     return png_bytes(fig)
 
 
@@ -569,7 +574,7 @@ PLOT_TITLES = {
     "silhouette": "Per-customer silhouettes by segment",
     "pca": "PCA scatter of the sample",
     "tsne": "t-SNE scatter of the sample",
-    "feature_heatmap": "Segment feature z-scores",
+    "feature_heatmap": "Segment medians as percentiles of all customers",
 }
 
 
@@ -844,7 +849,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str | None = None) -> ReportRe
     chosen = sweep[sweep[c.K] == info.k]["silhouette"]
     spark_silhouette = float(chosen.iloc[0]) if len(chosen) else None
     plots, notes = sample_plots(sample, names, spark_silhouette, cfg.report.tsne, cfg.segment.seed)
-    z = z_score_matrix(per_feature, profiles.profile_features(cfg, sorted(set(per_feature["feature"]))))
+    z = rank_matrix(per_feature, profiles.profile_features(cfg, sorted(set(per_feature["feature"]))))
     more_plots, more_notes = table_plots(sweep, info.k, z, segments, names)
     content = ReportContent(
         info=info,
