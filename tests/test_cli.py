@@ -88,6 +88,48 @@ def test_main_ingest_empty_source_folder_exits_2_naming_source_and_folder(spark,
     assert "Unable to infer schema" not in everything
 
 
+ORDER = (
+    '{{"order_id":"{id}","customer":{customer},"created_at":"2024-03-01T10:00:00Z","kind":"order",'
+    '"status":"completed","items":{items}}}'
+)
+ITEMS = '[{"position":1,"sku":"X","quantity":1,"price":2.0}]'
+
+
+def write_raw(lake: Path, name: str, data: bytes) -> Path:
+    raw = lake.parent / "raw" / name
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_bytes(data)
+    return raw
+
+
+def lake_table(spark, lake: Path, name: str):
+    return io.read(spark, io.table_ref(StorageConfig("path", str(lake), None), name))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ORDER.format(id="W2", customer='"206"', items=ITEMS),  # a text where an object is mapped
+        ORDER.format(id="W2", customer='{"id":"8"}', items=ITEMS[1:-1]),  # an object where an array is exploded
+    ],
+    ids=["customer_a_string", "items_an_object"],
+)
+def test_main_ingest_json_record_of_another_shape_is_quarantined_and_the_rest_loads(spark, lake, capsys, caplog, bad):
+    good = [ORDER.format(id=f"W{i}", customer=f'{{"id":"{i}"}}', items=ITEMS) for i in (1, 3)]
+    raw = write_raw(lake, "web/orders.jsonl", "\n".join([good[0], bad, good[1]]).encode() + b"\n")
+    write_raw(lake, "pos/empty.csv", b"")
+    assert run_cli("ingest") == 0
+    errors, _ = outcome(capsys, caplog)
+    assert errors == []
+    loaded = [r.invoice_id for r in lake_table(spark, lake, "transactions").orderBy("invoice_id").collect()]
+    assert loaded == ["W1", "W3"]
+    quarantined = [tuple(r) for r in lake_table(spark, lake, "transactions_quarantine").select(
+        "source", "reason", "raw", "source_file").collect()]  # fmt: skip
+    assert quarantined == [("web", "malformed_row", bad, f"file:{raw}")]
+    logged = lake_table(spark, lake, "run_log").where("source = 'web'").select("rows_read", "accepted", "quarantined")
+    assert [tuple(r) for r in logged.collect()] == [(3, 2, 1)]
+
+
 # --------------------------------------------------------------------------- features
 
 

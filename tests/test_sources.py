@@ -5,9 +5,10 @@ import datetime as dt
 
 import pytest
 from chispa import assert_df_equality
+from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
 from custseg.config import load_source
-from custseg.sources import SourceError, canonicalize, check_mapping
+from custseg.sources import SourceError, _text_type, canonicalize, check_mapping
 from tests.conftest import CONF
 
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -287,3 +288,19 @@ def test_check_mapping_rejects_bad_sql_and_bad_timestamp_pattern(spark):
         check_mapping(raw, dataclasses.replace(POS, void_when="receipt_no"))
     with pytest.raises(SourceError, match=r"demo_pos\.yaml: timestamp_formats\[1\]: 'yyyy-bb' is not a valid"):
         check_mapping(raw, dataclasses.replace(POS, timestamp_formats=["yyyyMMdd", "yyyy-bb"]))
+
+
+def test_text_type_of_a_variant_schema_is_structs_and_arrays_of_text():
+    schema = (
+        "OBJECT<`a b`: BIGINT, c: ARRAY<VARIANT>, d: DECIMAL(2,1), e: VOID, g: OBJECT<h: ARRAY<OBJECT<i: BIGINT>>>>"
+    )
+    expected = StructType(
+        [
+            StructField("a b", StringType()),
+            StructField("c", ArrayType(StringType())),
+            StructField("d", StringType()),
+            StructField("e", StringType()),
+            StructField("g", StructType([StructField("h", ArrayType(StructType([StructField("i", StringType())])))])),
+        ]
+    )
+    assert _text_type(schema) == expected

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable, Sequence
 
 from pyspark.errors import AnalysisException, PySparkException
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType, StructField, StructType
+from pyspark.sql.types import ArrayType, DataType, StringType, StructField, StructType
 
 from custseg import columns as c
 from custseg.config import SourceConfig
@@ -70,6 +71,8 @@ def read_source(spark: SparkSession, src: SourceConfig) -> DataFrame | None:
             if src.format == "json":
                 reader = reader.option("primitivesAsString", "true").option("columnNameOfCorruptRecord", MALFORMED)
             df = reader.load(path)
+            if src.format == "json":
+                df = _json_in_mapped_shapes(df, src, reader, path)
         if df is not None:
             df.schema  # noqa: B018 - resolve the schema now, so a bad path fails here
     except AnalysisException as exc:
@@ -92,6 +95,91 @@ def read_source(spark: SparkSession, src: SourceConfig) -> DataFrame | None:
     ]  # fmt: skip
     file_path = F.col(SOURCE_FILE) if SOURCE_FILE in df.columns else F.col("_metadata.file_path").alias(SOURCE_FILE)
     return df.select(*text, file_path)
+
+
+def _json_in_mapped_shapes(df: DataFrame, src: SourceConfig, reader: DataFrameReader, path: str) -> DataFrame:
+    """The JSON source read again with an object or array type for each top-level field
+    that Spark inferred as text because records disagree on its shape (``"customer":
+    "206"`` beside ``"customer": {"id": ...}``), when the mapping needs it so.
+
+    Spark's inference makes such a field a string, and then ``customer.id`` does not
+    resolve, or ``items`` cannot be exploded: one bad record would block the source. Read
+    with the field's object (or array) type instead, the records of another shape become
+    corrupt records, kept whole and quarantined as ``malformed_row``. The types come from
+    the records that have the shape (``schema_of_variant_agg``), every primitive as text
+    as in the first read. Only when the mapping does not resolve: one more pass."""
+    if df.columns == [MALFORMED] or _mapping_error(df, src) is None:
+        return df
+    texts = [f.name for f in df.schema.fields if f.name != MALFORMED and isinstance(f.dataType, StringType)]
+    if not texts:
+        return df
+    shapes = df.select(
+        *[_shape_schema(name, kind).alias(f"{kind}:{name}") for name in texts for kind in ("OBJECT", "ARRAY")]
+    ).first()  # one row
+    fields, reshaped = [], []
+    for field in df.schema.fields:
+        if field.name == MALFORMED:
+            continue
+        if field.name in texts:
+            as_object, as_array = (shapes[f"{kind}:{field.name}"] for kind in ("OBJECT", "ARRAY"))
+            shape = (as_array or as_object) if field.name == src.explode else (as_object or as_array)
+            if shape:
+                field = StructField(field.name, _text_type(shape))
+                reshaped.append(field.name)
+        fields.append(field)
+    if not reshaped:
+        return df
+    log.info("source %s: %s read as object or array; records of another shape are quarantined", src.name, reshaped)
+    return reader.schema(StructType([*fields, StructField(MALFORMED, StringType())])).load(path)
+
+
+def _shape_schema(name: str, kind: str) -> Column:
+    """The merged schema (a variant schema string) of the values of ``name`` that are of
+    ``kind`` (OBJECT or ARRAY); null or VOID when none is. A text field holds an object
+    or array value as its JSON text."""
+    value = F.try_parse_json(F.col(f"`{name}`"))
+    schema = F.schema_of_variant_agg(F.when(F.schema_of_variant(value).startswith(kind), value))
+    return F.when(schema != "VOID", schema)
+
+
+_VARIANT_TYPE = re.compile(r"\s*(OBJECT<|ARRAY<|`(?:[^`]|``)*`|[A-Za-z_][A-Za-z0-9_]*(?:\(\d+,\s*\d+\))?)\s*")
+
+
+def _text_type(schema: str) -> DataType:
+    """A variant schema string (``OBJECT<id: BIGINT, tags: ARRAY<STRING>>``) as a Spark
+    type with every primitive as text: structs for objects, arrays for arrays."""
+
+    def parse(at: int) -> tuple[DataType, int]:
+        token = _VARIANT_TYPE.match(schema, at)
+        if token is None:
+            raise ValueError(f"unexpected variant schema at {at}: {schema}")
+        at = token.end()
+        if token.group(1) == "ARRAY<":
+            element, at = parse(at)
+            return ArrayType(element), _expect(">", at)
+        if token.group(1) != "OBJECT<":
+            return StringType(), at  # every primitive, and VARIANT where records disagree
+        fields = []
+        while schema[at] != ">":
+            name = _VARIANT_TYPE.match(schema, at)
+            key = name.group(1)
+            key = key[1:-1].replace("``", "`") if key.startswith("`") else key
+            value, at = parse(_expect(":", name.end()))
+            fields.append(StructField(key, value))
+            if schema[at] == ",":
+                at += 1
+            while schema[at] == " ":
+                at += 1
+        return StructType(fields), at + 1
+
+    def _expect(char: str, at: int) -> int:
+        while schema[at] == " ":
+            at += 1
+        if schema[at] != char:
+            raise ValueError(f"expected '{char}' at {at}: {schema}")
+        return at + 1
+
+    return parse(0)[0]
 
 
 def _no_files(src: SourceConfig, path: str) -> SourceError:
@@ -148,24 +236,9 @@ def _first_line(exc: Exception) -> str:
 def check_mapping(df: DataFrame, src: SourceConfig) -> None:
     """Resolve every mapped expression against the source's schema before any data is
     processed; a wrong column name fails here, naming the mapping file and key."""
-    if src.explode and src.explode not in df.columns:
-        raise SourceError(f"{src.file}: explode: no column '{src.explode}' in {_data_columns(df)}")
-    rows = _exploded(df, src)
-    checks = {f"columns.{k}": v for k, v in vars(src.columns).items() if v is not None}
-    checks |= {"return_when": src.return_when, "void_when": src.void_when, "non_product_when": src.non_product_when}
-    for key, expr in checks.items():
-        try:
-            resolved = rows.select(_mapped(expr, rows.columns)).schema.fields[0]  # analysis only, reads no data
-        except PySparkException as exc:
-            raise SourceError(
-                f"{src.file}: {key}: cannot resolve '{expr}' against the columns {_data_columns(df)}: "
-                f"{_first_line(exc)}"
-            ) from None
-        if key.endswith("_when") and resolved.dataType.typeName() != "boolean":
-            raise SourceError(
-                f"{src.file}: {key}: '{expr}' is not a true/false condition "
-                f"(it gives {resolved.dataType.simpleString()})"
-            )
+    error = _mapping_error(df, src)
+    if error is not None:
+        raise error
     for i, fmt in enumerate(src.timestamp_formats):
         # A bad pattern only fails when a value is parsed: try it on one literal now.
         probe = df.sparkSession.range(1).select(F.try_to_timestamp(F.lit("2000-01-01"), F.lit(fmt)))
@@ -175,6 +248,34 @@ def check_mapping(df: DataFrame, src: SourceConfig) -> None:
             raise SourceError(
                 f"{src.file}: timestamp_formats[{i}]: '{fmt}' is not a valid pattern: {_first_line(exc)}"
             ) from None
+
+
+def _mapping_error(df: DataFrame, src: SourceConfig) -> SourceError | None:
+    """What does not resolve in the mapping against ``df``'s schema (reading no data), or None."""
+    if src.explode and src.explode not in df.columns:
+        return SourceError(f"{src.file}: explode: no column '{src.explode}' in {_data_columns(df)}")
+    if src.explode and not isinstance(df.schema[src.explode].dataType, ArrayType):
+        return SourceError(
+            f"{src.file}: explode: '{src.explode}' is not an array in any record "
+            f"(it is {df.schema[src.explode].dataType.simpleString()})"
+        )
+    rows = _exploded(df, src)
+    checks = {f"columns.{k}": v for k, v in vars(src.columns).items() if v is not None}
+    checks |= {"return_when": src.return_when, "void_when": src.void_when, "non_product_when": src.non_product_when}
+    for key, expr in checks.items():
+        try:
+            resolved = rows.select(_mapped(expr, rows.columns)).schema.fields[0]  # analysis only, reads no data
+        except PySparkException as exc:
+            return SourceError(
+                f"{src.file}: {key}: cannot resolve '{expr}' against the columns {_data_columns(df)}: "
+                f"{_first_line(exc)}"
+            )
+        if key.endswith("_when") and resolved.dataType.typeName() != "boolean":
+            return SourceError(
+                f"{src.file}: {key}: '{expr}' is not a true/false condition "
+                f"(it gives {resolved.dataType.simpleString()})"
+            )
+    return None
 
 
 def check_columns(df: DataFrame, file: str, mapping: dict[str, str]) -> None:
