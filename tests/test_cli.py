@@ -130,6 +130,49 @@ def test_main_ingest_json_record_of_another_shape_is_quarantined_and_the_rest_lo
     assert [tuple(r) for r in logged.collect()] == [(3, 2, 1)]
 
 
+POS_HEADER = b"receipt_no,line_no,loyalty_id,sku,qty,unit_price,sold_at,store_id\n"
+BINARY = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # undecodable in UTF-8, control characters, a newline
+
+
+def not_text(file: Path) -> str:
+    return (
+        f"source 'pos' ({CONF / 'sources' / 'demo_pos.yaml'}): {file} is not a text file in UTF-8 (its first line "
+        "holds undecodable bytes or control characters: a binary file?); move it out of the source's path, or set "
+        "options.encoding"
+    )
+
+
+@pytest.mark.parametrize("good_lines", [0, 40], ids=["alone", "beside_a_larger_good_file"])
+def test_main_ingest_binary_csv_file_exits_2_naming_it_and_loads_nothing(spark, lake, capsys, caplog, good_lines):
+    rows = b"".join(b"P%d,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01\n" % i for i in range(good_lines))
+    if good_lines:
+        write_raw(lake, "pos/a_good.csv", POS_HEADER + rows)
+        assert len(POS_HEADER + rows) > len(BINARY)
+    binary = write_raw(lake, "pos/b_photo.csv", BINARY)
+    write_raw(lake, "web/empty.jsonl", b"")
+    assert run_cli("ingest") == 2
+    errors, everything = outcome(capsys, caplog)
+    assert_one_line(errors, everything, not_text(binary))
+    assert "\ufffd" not in everything and "PNG" not in everything and "cannot resolve" not in everything
+    assert not io.exists(spark, io.table_ref(StorageConfig("path", str(lake), None), "transactions"))
+
+
+def test_main_ingest_csv_file_with_columns_in_another_order_exits_2_naming_it(spark, lake, capsys, caplog):
+    write_raw(lake, "pos/a.csv", POS_HEADER + b"P1,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01\n" * 3)
+    swapped = write_raw(
+        lake, "pos/b.csv", POS_HEADER.replace(b"qty,unit_price", b"unit_price,qty") + b"P2,1,0042,SKU1,9.99,1,x,S1\n"
+    )
+    write_raw(lake, "web/empty.jsonl", b"")
+    assert run_cli("ingest") == 2
+    expected = (
+        f"source 'pos' ({CONF / 'sources' / 'demo_pos.yaml'}): {swapped}: its header is not the source's (columns in "
+        "another order, missing or extra): expected qty, found unit_price; every file of a source must have the "
+        "same header"
+    )
+    assert_one_line(*outcome(capsys, caplog), expected)
+    assert not io.exists(spark, io.table_ref(StorageConfig("path", str(lake), None), "transactions"))
+
+
 # --------------------------------------------------------------------------- features
 
 

@@ -25,7 +25,16 @@ from pyspark.sql import functions as F
 from custseg import columns as c
 from custseg import io, progress
 from custseg.config import Config, ConfigError
-from custseg.sources import CONTENT_ID, RAW, REASON, SOURCE_FILE, canonicalize, check_mapping, read_source
+from custseg.sources import (
+    CONTENT_ID,
+    RAW,
+    REASON,
+    SOURCE_FILE,
+    canonicalize,
+    check_mapping,
+    csv_file_error,
+    read_source,
+)
 from custseg.spark import shuffle_files_removed
 
 log = logging.getLogger(__name__)
@@ -317,13 +326,19 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
         shuffle_files_removed(spark),
         progress.stage("ingest: parsing, validating and deduplicating every line into a checkpoint"),
     ):
-        rows = (
-            functools.reduce(DataFrame.unionByName, canonical)
-            .withColumn(RAW, _quarantined_only(RAW))  # before the deduplication's shuffle, which moves every row
-            .transform(assign_ids(policy.drop_duplicates))
-            .select(*STAGED_COLUMNS, RAW, F.lit(run_id).alias(c.RUN_ID))
-            .localCheckpoint(eager=True, storageLevel=StorageLevel.DISK_ONLY)
-        )
+        try:
+            rows = (
+                functools.reduce(DataFrame.unionByName, canonical)
+                .withColumn(RAW, _quarantined_only(RAW))  # before the deduplication's shuffle, which moves every row
+                .transform(assign_ids(policy.drop_duplicates))
+                .select(*STAGED_COLUMNS, RAW, F.lit(run_id).alias(c.RUN_ID))
+                .localCheckpoint(eager=True, storageLevel=StorageLevel.DISK_ONLY)
+            )
+        except Exception as exc:  # the first read of every file: a CSV file with another header fails here
+            error = csv_file_error(spark, exc, cfg.sources)
+            if error is None:
+                raise
+            raise error from None
     with progress.stage("ingest: outlier fences and counts") as found:
         flagged = rows.transform(flag_extremes(policy.extreme_iqr_factor))  # the fences are a pass
         counts = {row[c.SOURCE]: SourceCounts(**row.asDict()) for row in source_counts(flagged).collect()}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import unicodedata
+import urllib.parse
 from collections.abc import Callable, Sequence
 
 from pyspark.errors import AnalysisException, PySparkException
@@ -197,6 +199,10 @@ def _read_csv(spark: SparkSession, src: SourceConfig, path: str) -> DataFrame | 
     names = reader.csv(path).columns
     if not names:
         return None
+    if not is_text(",".join(names)):
+        # Spark takes the header from one file, the largest: name it, print none of its bytes.
+        first = spark.read.text(path).select(F.col("_metadata.file_path")).first()
+        raise _not_text(src, first[0] if first else path)
     schema = StructType([StructField(n, StringType()) for n in names] + [StructField(MALFORMED, StringType())])
     return (
         reader.schema(schema)
@@ -207,6 +213,62 @@ def _read_csv(spark: SparkSession, src: SourceConfig, path: str) -> DataFrame | 
         .option("enforceSchema", "false")
         .csv(path)
     )
+
+
+def is_text(line: str) -> bool:
+    """False for what a binary file, or one in another encoding, decodes to: a character
+    the decoder could not map, or a control character other than a tab."""
+    return not any(ch == REPLACEMENT_CHAR or (unicodedata.category(ch) == "Cc" and ch != "\t") for ch in line)
+
+
+def _shown(file: str) -> str:
+    """A file as messages name it: a local path without Spark's ``file:`` or ``file://``."""
+    parsed = urllib.parse.urlparse(file)
+    return urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else file
+
+
+def _not_text(src: SourceConfig, file: str) -> SourceError:
+    encoding = src.options.get("encoding", "UTF-8")
+    return SourceError(
+        f"source '{src.name}' ({src.file}): {_shown(file)} is not a text file in {encoding} (its first line holds "
+        "undecodable bytes or control characters: a binary file?); move it out of the source's path, or set "
+        "options.encoding"
+    )
+
+
+_CSV_FILE = re.compile(r"CSV file: (\S+)")
+_EXPECTED = re.compile(r"Expected: (.*?) but found: (.*)")
+
+
+def csv_file_error(spark: SparkSession, exc: Exception, sources: Sequence[SourceConfig]) -> SourceError | None:
+    """Spark's failure to read a CSV file whose header is not the source's (checked for
+    every file, ``enforceSchema: false``) as one line naming the file: not text (a binary
+    file), or columns in another order, missing or extra. None for any other failure."""
+    message = str(exc)
+    found = _CSV_FILE.search(message)
+    if "CSV header" not in message or found is None:
+        return None
+    file = found.group(1)
+    local = _shown(file)
+    candidates = [s for s in sources if s.format == "csv"]
+    src = next((s for s in candidates if local.startswith(resolve(s.path))), candidates[0] if candidates else None)
+    if src is None:
+        return None
+    options = {**src.options, "header": "false"}
+    first = spark.read.options(**options).csv(file).first()  # the file's header line, as fields
+    if first is not None and not is_text(",".join(v or "" for v in first)):
+        return _not_text(src, file)
+    expected = _EXPECTED.search(message)
+    detail = f": expected {_printable(expected.group(1))}, found {_printable(expected.group(2))}" if expected else ""
+    return SourceError(
+        f"source '{src.name}' ({src.file}): {local}: its header is not the source's (columns in another order, "
+        f"missing or extra){detail}; every file of a source must have the same header"
+    )
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    shown = "".join(ch if ch.isprintable() and ch != REPLACEMENT_CHAR else "?" for ch in text.strip())
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def _read_whitespace(spark: SparkSession, src: SourceConfig, path: str) -> DataFrame | None:
