@@ -304,3 +304,21 @@ def test_ingest_empty_csv_source_is_logged_with_zero_rows(spark, tmp_path):
     counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
     assert [(s.source, s.rows_read, s.accepted) for s in counts] == [("pos", 0, 0), ("web", 1, 1)]
     assert_reconciled(spark, cfg)
+
+
+def test_ingest_header_only_csv_source_is_logged_with_zero_rows(spark, tmp_path):
+    base = make_config(tmp_path)
+    cfg = dataclasses.replace(base, sources=(base.sources[0], web_without_positions(base).sources[0]))
+    write(tmp_path / "raw" / "pos" / "header_only.csv", HEADER)
+    write(
+        tmp_path / "raw" / "web" / "a.jsonl",
+        b'{"order_id":"W1","customer":{"id":"7"},"created_at":"2024-03-01T10:00:00Z","kind":"order","status":"completed","items":[{"sku":"X","quantity":1,"price":2.0}]}\n',
+    )
+    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+    assert [(s.source, s.rows_read, s.accepted, s.inserted) for s in counts] == [("pos", 0, 0, 0), ("web", 1, 1, 1)]
+    logged = table(spark, cfg, "run_log").select("source", "rows_read", "accepted", "quarantined", "inserted")
+    expected = spark.createDataFrame(
+        [("pos", 0, 0, 0, 0), ("web", 1, 1, 0, 1)],
+        "source STRING, rows_read LONG, accepted LONG, quarantined LONG, inserted LONG",
+    )
+    assert_df_equality(logged, expected, ignore_row_order=True, ignore_nullable=True)

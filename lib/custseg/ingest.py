@@ -342,6 +342,10 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
     with progress.stage("ingest: outlier fences and counts") as found:
         flagged = rows.transform(flag_extremes(policy.extreme_iqr_factor))  # the fences are a pass
         counts = {row[c.SOURCE]: SourceCounts(**row.asDict()) for row in source_counts(flagged).collect()}
+        # A source read but without a row (CSV files with a header only) has no group:
+        # it is logged with zeros, as a source of empty files is.
+        counted = {s.source for s in empty} | set(counts)
+        counts |= {src.name: SourceCounts(src.name, 0, 0, 0, 0) for src in cfg.sources if src.name not in counted}
         for field in ("rows_read", "accepted", "quarantined", "duplicates"):
             found[field.replace("_", " ")] = sum(getattr(s, field) for s in counts.values())
     unbalanced = [s for s in counts.values() if not s.balanced]
