@@ -322,3 +322,17 @@ def test_ingest_header_only_csv_source_is_logged_with_zero_rows(spark, tmp_path)
         "source STRING, rows_read LONG, accepted LONG, quarantined LONG, inserted LONG",
     )
     assert_df_equality(logged, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_ingest_without_quarantined_rows_leaves_no_file_in_quarantine(spark, tmp_path):
+    cfg = pos_only(tmp_path)
+    write(tmp_path / "raw" / "pos" / "a.csv", HEADER + GOOD)
+    ingest.run(spark, cfg, "run-1", now=NOW)
+    folder = tmp_path / "lake" / cfg.tables.quarantine
+    assert (folder / "_delta_log").is_dir()  # the first run creates the table, empty
+    files = {p.name for p in folder.rglob("*.parquet")}
+    write(tmp_path / "raw" / "pos" / "b.csv", HEADER + GOOD.replace(b"P1", b"P2"))
+    ingest.run(spark, cfg, "run-2", now=NOW)
+    assert {p.name for p in folder.rglob("*.parquet")} == files
+    assert table(spark, cfg, "transactions").count() == 2
+    assert_reconciled(spark, cfg)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from chispa import assert_df_equality
 from delta.tables import DeltaTable
@@ -114,3 +116,19 @@ def test_retried_on_conflict_does_not_repeat_other_failures(monkeypatch):
     with pytest.raises(ValueError, match="no such column"):
         io.retried_on_conflict(io.TableRef("t", path="/lake/t"), write)
     assert tries == [1]
+
+
+def data_files(ref) -> set[str]:
+    return {p.name for p in Path(ref.path).rglob("*.parquet") if "_delta_log" not in p.parts}
+
+
+def test_insert_new_and_delete_matching_of_no_rows_leave_no_file(spark, tmp_path):
+    ref = io.table_ref(StorageConfig(mode="path", root=str(tmp_path), database=None), "t")
+    io.insert_new(spark, spark.createDataFrame([(1, "a"), (2, "b")], SCHEMA), ref, ["id"])
+    before, version = data_files(ref), DeltaTable.forPath(spark, ref.path).history(1).first()["version"]
+    nothing = spark.createDataFrame([], SCHEMA)
+    assert io.insert_new(spark, nothing, ref, ["id"], known_empty=True) is None
+    io.delete_matching(spark, nothing, ref, ["id"], known_empty=True)
+    io.delete_matching(spark, spark.createDataFrame([(9, "z")], SCHEMA), ref, ["id"])  # matches no row
+    assert data_files(ref) == before
+    assert DeltaTable.forPath(spark, ref.path).history(1).first()["version"] == version

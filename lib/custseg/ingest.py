@@ -353,11 +353,15 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
         raise ReconciliationError(f"rows read != accepted + quarantined + duplicates: {unbalanced}")
     accepted = flagged.where(_accepted()).select(*TRANSACTION_COLUMNS)
     quarantined = flagged.where(_quarantined()).select(*QUARANTINE_COLUMNS)
-    loaded = io.insert_new(spark, accepted, transactions, [c.TXN_ID], TRANSACTION_PROPERTIES)
+    # A load of rows the counts say are none is skipped on an existing table: a MERGE of
+    # nothing would leave an empty, unreferenced file there.
+    no_accepted = sum(s.accepted for s in counts.values()) == 0
+    no_quarantined = sum(s.quarantined for s in counts.values()) == 0
+    loaded = io.insert_new(spark, accepted, transactions, [c.TXN_ID], TRANSACTION_PROPERTIES, no_accepted)
     # A row quarantined before (say, as future-dated) and accepted now leaves
     # quarantine, so that no row is ever in both tables.
-    io.delete_matching(spark, accepted.select(c.TXN_ID), quarantine, [c.TXN_ID])
-    loaded_q = io.insert_new(spark, quarantined, quarantine, [c.TXN_ID])
+    io.delete_matching(spark, accepted.select(c.TXN_ID), quarantine, [c.TXN_ID], no_accepted)
+    loaded_q = io.insert_new(spark, quarantined, quarantine, [c.TXN_ID], known_empty=no_quarantined)
     counts = _check_stored(spark, counts, flagged, (transactions, loaded), (quarantine, loaded_q), run_id)
     with progress.stage("ingest: data profile"):
         io.overwrite(data_profile(flagged), io.table_ref(cfg.storage, cfg.tables.profile))

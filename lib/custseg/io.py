@@ -249,9 +249,18 @@ def _loaded(commit: Row, operations: Sequence[str], source_key: str, inserted_ke
 
 
 def insert_new(
-    spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str], properties: dict[str, str] | None = None
+    spark: SparkSession,
+    df: DataFrame,
+    ref: TableRef,
+    keys: Sequence[str],
+    properties: dict[str, str] | None = None,
+    known_empty: bool = False,
 ) -> Loaded | None:
     """Insert the rows whose ``keys`` the table does not hold yet (an idempotent load).
+
+    ``known_empty``: the caller knows ``df`` has no rows; an existing table is then left
+    alone. A MERGE of no new rows commits nothing, but Delta writes its empty result as
+    a Parquet file first, which no version references (VACUUM removes it).
 
     The first load creates the table, with the Delta table ``properties`` given; later
     loads MERGE, so rerunning the same input, or resuming after a crash part-way, adds
@@ -264,6 +273,8 @@ def insert_new(
     A load that another writer's commit conflicts with is done again, from the existence
     check: what the other inserted is then matched, not inserted twice.
     """
+    if known_empty and exists(spark, ref):
+        return None
     return retried_on_conflict(ref, lambda: _insert_new(spark, df, ref, keys, properties))
 
 
@@ -284,9 +295,12 @@ def _insert_new(
     return _loaded(commit, ("MERGE",), "numSourceRows", "numTargetRowsInserted")
 
 
-def delete_matching(spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str]) -> None:
-    """Delete the table's rows whose ``keys`` appear in ``df`` (no-op if there is no table)."""
-    if not exists(spark, ref):
+def delete_matching(
+    spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str], known_empty: bool = False
+) -> None:
+    """Delete the table's rows whose ``keys`` appear in ``df`` (no-op if there is no
+    table, or ``known_empty``: the caller knows ``df`` has no rows)."""
+    if known_empty or not exists(spark, ref):
         return
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     retried_on_conflict(ref, lambda: merge(spark, df, ref, condition, ["WHEN MATCHED THEN DELETE"]))
