@@ -336,3 +336,31 @@ def test_ingest_without_quarantined_rows_leaves_no_file_in_quarantine(spark, tmp
     assert {p.name for p in folder.rglob("*.parquet")} == files
     assert table(spark, cfg, "transactions").count() == 2
     assert_reconciled(spark, cfg)
+
+
+def web_order(order_id: str, customer: str, notes: str = '"none"') -> bytes:
+    return (
+        f'{{"order_id":"{order_id}","customer":{customer},"notes":{notes},"created_at":"2024-03-01T10:00:00Z",'
+        '"kind":"order","status":"completed","items":[{"sku":"X","quantity":1,"price":2.0}]}\n'
+    ).encode()
+
+
+def test_ingest_json_field_of_mixed_shape_quarantines_only_where_the_mapping_reads_it(spark, tmp_path):
+    cfg = web_without_positions(make_config(tmp_path))
+    orders = web_order("W1", '{"id":"7"}') + web_order("W2", '"206"') + web_order("W3", '{"id":"8"}', '{"by":"ops"}')
+    write(tmp_path / "raw" / "web" / "a.jsonl", orders)
+    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+    assert [(s.rows_read, s.accepted, s.quarantined) for s in counts] == [(3, 2, 1)]  # notes: nothing reads it
+    quarantine = table(spark, cfg, "quarantine").select("reason", "raw")
+    expected = spark.createDataFrame(
+        [("malformed_row", web_order("W2", '"206"').decode().strip())], "reason STRING, raw STRING"
+    )
+    assert_df_equality(quarantine, expected, ignore_nullable=True)
+    assert_reconciled(spark, cfg)
+
+
+def test_ingest_json_field_never_of_the_mapped_shape_is_still_a_mapping_error(spark, tmp_path):
+    cfg = web_without_positions(make_config(tmp_path))
+    write(tmp_path / "raw" / "web" / "a.jsonl", web_order("W1", '"7"') + web_order("W2", '"206"'))
+    with pytest.raises(SourceError, match=r"demo_web\.yaml: columns\.customer_id: cannot resolve 'customer\.id'"):
+        ingest.run(spark, cfg, "run-1", now=NOW)

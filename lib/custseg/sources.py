@@ -118,21 +118,29 @@ def _json_in_mapped_shapes(df: DataFrame, src: SourceConfig, reader: DataFrameRe
     shapes = df.select(
         *[_shape_schema(name, kind).alias(f"{kind}:{name}") for name in texts for kind in ("OBJECT", "ARRAY")]
     ).first()  # one row
-    fields, reshaped = [], []
-    for field in df.schema.fields:
-        if field.name == MALFORMED:
-            continue
-        if field.name in texts:
-            as_object, as_array = (shapes[f"{kind}:{field.name}"] for kind in ("OBJECT", "ARRAY"))
-            shape = (as_array or as_object) if field.name == src.explode else (as_object or as_array)
-            if shape:
-                field = StructField(field.name, _text_type(shape))
-                reshaped.append(field.name)
-        fields.append(field)
-    if not reshaped:
+    types = {}
+    for name in texts:
+        as_object, as_array = (shapes[f"{kind}:{name}"] for kind in ("OBJECT", "ARRAY"))
+        shape = (as_array or as_object) if name == src.explode else (as_object or as_array)
+        if shape:
+            types[name] = _text_type(shape)
+
+    def read(reshaped: dict[str, DataType]) -> DataFrame:
+        fields = [
+            StructField(f.name, reshaped.get(f.name, f.dataType)) for f in df.schema.fields if f.name != MALFORMED
+        ]
+        return reader.schema(StructType([*fields, StructField(MALFORMED, StringType())])).load(path)
+
+    # Only the fields the mapping needs in their shape: a record is not quarantined for
+    # the shape of a field nothing reads.
+    for name in list(types):
+        fewer = {k: v for k, v in types.items() if k != name}
+        if _mapping_error(read(fewer), src) is None:
+            types = fewer
+    if not types:
         return df
-    log.info("source %s: %s read as object or array; records of another shape are quarantined", src.name, reshaped)
-    return reader.schema(StructType([*fields, StructField(MALFORMED, StringType())])).load(path)
+    log.info("source %s: %s read as object or array; records of another shape are quarantined", src.name, list(types))
+    return read(types)
 
 
 def _shape_schema(name: str, kind: str) -> Column:
