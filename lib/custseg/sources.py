@@ -73,7 +73,7 @@ def read_source(spark: SparkSession, src: SourceConfig) -> DataFrame | None:
             if src.format == "json":
                 reader = reader.option("primitivesAsString", "true").option("columnNameOfCorruptRecord", MALFORMED)
             df = reader.load(path)
-            if src.format == "json":
+            if src.format == "json" and isinstance(src, SourceConfig):  # not a customer table's mapping
                 df = _json_in_mapped_shapes(df, src, reader, path)
         if df is not None:
             df.schema  # noqa: B018 - resolve the schema now, so a bad path fails here
