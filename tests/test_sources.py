@@ -7,8 +7,8 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
-from custseg.config import load_source
-from custseg.sources import SourceError, _text_type, canonicalize, check_mapping
+from custseg.config import CustomerSourceConfig, load_source
+from custseg.sources import SourceError, _text_type, canonicalize, check_mapping, read_source
 from tests.conftest import CONF
 
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -304,3 +304,10 @@ def test_text_type_of_a_variant_schema_is_structs_and_arrays_of_text():
         ]
     )
     assert _text_type(schema) == expected
+
+
+def test_read_source_reads_a_customer_tables_json_as_spark_infers_it(spark, tmp_path):
+    (tmp_path / "crm.jsonl").write_text('{"id":"1","address":{"city":"Leeds"}}\n{"id":"2","address":"unknown"}\n')
+    src = CustomerSourceConfig(name="crm", format="json", path=str(tmp_path), customer_id="id", numeric={"n": "1"})
+    rows = read_source(spark, src).orderBy("id").select("id", "address").collect()
+    assert [tuple(r) for r in rows] == [("1", '{"city":"Leeds"}'), ("2", "unknown")]
