@@ -88,6 +88,91 @@ def test_main_ingest_empty_source_folder_exits_2_naming_source_and_folder(spark,
     assert "Unable to infer schema" not in everything
 
 
+ORDER = (
+    '{{"order_id":"{id}","customer":{customer},"created_at":"2024-03-01T10:00:00Z","kind":"order",'
+    '"status":"completed","items":{items}}}'
+)
+ITEMS = '[{"position":1,"sku":"X","quantity":1,"price":2.0}]'
+
+
+def write_raw(lake: Path, name: str, data: bytes) -> Path:
+    raw = lake.parent / "raw" / name
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_bytes(data)
+    return raw
+
+
+def lake_table(spark, lake: Path, name: str):
+    return io.read(spark, io.table_ref(StorageConfig("path", str(lake), None), name))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ORDER.format(id="W2", customer='"206"', items=ITEMS),  # a text where an object is mapped
+        ORDER.format(id="W2", customer='{"id":"8"}', items=ITEMS[1:-1]),  # an object where an array is exploded
+    ],
+    ids=["customer_a_string", "items_an_object"],
+)
+def test_main_ingest_json_record_of_another_shape_is_quarantined_and_the_rest_loads(spark, lake, capsys, caplog, bad):
+    good = [ORDER.format(id=f"W{i}", customer=f'{{"id":"{i}"}}', items=ITEMS) for i in (1, 3)]
+    raw = write_raw(lake, "web/orders.jsonl", "\n".join([good[0], bad, good[1]]).encode() + b"\n")
+    write_raw(lake, "pos/empty.csv", b"")
+    assert run_cli("ingest") == 0
+    errors, _ = outcome(capsys, caplog)
+    assert errors == []
+    loaded = [r.invoice_id for r in lake_table(spark, lake, "transactions").orderBy("invoice_id").collect()]
+    assert loaded == ["W1", "W3"]
+    quarantined = [tuple(r) for r in lake_table(spark, lake, "transactions_quarantine").select(
+        "source", "reason", "raw", "source_file").collect()]  # fmt: skip
+    assert quarantined == [("web", "malformed_row", bad, f"file:{raw}")]
+    logged = lake_table(spark, lake, "run_log").where("source = 'web'").select("rows_read", "accepted", "quarantined")
+    assert [tuple(r) for r in logged.collect()] == [(3, 2, 1)]
+
+
+POS_HEADER = b"receipt_no,line_no,loyalty_id,sku,qty,unit_price,sold_at,store_id\n"
+BINARY = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # undecodable in UTF-8, control characters, a newline
+
+
+def not_text(file: Path) -> str:
+    return (
+        f"source 'pos' ({CONF / 'sources' / 'demo_pos.yaml'}): {file} is not a text file in UTF-8 (its first line "
+        "holds undecodable bytes or control characters: a binary file?); move it out of the source's path, or set "
+        "options.encoding"
+    )
+
+
+@pytest.mark.parametrize("good_lines", [0, 40], ids=["alone", "beside_a_larger_good_file"])
+def test_main_ingest_binary_csv_file_exits_2_naming_it_and_loads_nothing(spark, lake, capsys, caplog, good_lines):
+    rows = b"".join(b"P%d,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01\n" % i for i in range(good_lines))
+    if good_lines:
+        write_raw(lake, "pos/a_good.csv", POS_HEADER + rows)
+        assert len(POS_HEADER + rows) > len(BINARY)
+    binary = write_raw(lake, "pos/b_photo.csv", BINARY)
+    write_raw(lake, "web/empty.jsonl", b"")
+    assert run_cli("ingest") == 2
+    errors, everything = outcome(capsys, caplog)
+    assert_one_line(errors, everything, not_text(binary))
+    assert "\ufffd" not in everything and "PNG" not in everything and "cannot resolve" not in everything
+    assert not io.exists(spark, io.table_ref(StorageConfig("path", str(lake), None), "transactions"))
+
+
+def test_main_ingest_csv_file_with_columns_in_another_order_exits_2_naming_it(spark, lake, capsys, caplog):
+    write_raw(lake, "pos/a.csv", POS_HEADER + b"P1,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01\n" * 3)
+    swapped = write_raw(
+        lake, "pos/b.csv", POS_HEADER.replace(b"qty,unit_price", b"unit_price,qty") + b"P2,1,0042,SKU1,9.99,1,x,S1\n"
+    )
+    write_raw(lake, "web/empty.jsonl", b"")
+    assert run_cli("ingest") == 2
+    expected = (
+        f"source 'pos' ({CONF / 'sources' / 'demo_pos.yaml'}): {swapped}: its header is not the source's (columns in "
+        "another order, missing or extra): expected qty, found unit_price; every file of a source must have the "
+        "same header"
+    )
+    assert_one_line(*outcome(capsys, caplog), expected)
+    assert not io.exists(spark, io.table_ref(StorageConfig("path", str(lake), None), "transactions"))
+
+
 # --------------------------------------------------------------------------- features
 
 
@@ -238,3 +323,21 @@ def test_cli_config_error_with_a_secret_names_the_reference_in_one_line(tmp_path
     errors = [line for line in everything.splitlines() if " ERROR custseg: " in line]
     assert len(errors) == 1 and errors[0].endswith("--set: segment.k_max: expected an integer, got '${MY_SECRET}'")
     assert SECRET not in everything and "Traceback" not in everything
+
+
+def test_cli_binary_csv_file_beside_a_larger_good_file_prints_one_line_and_no_java_trace(tmp_path):
+    raw = tmp_path / "data" / "raw"
+    rows = b"".join(b"P%d,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01\n" % i for i in range(40))
+    for name, data in (("pos/a_good.csv", POS_HEADER + rows), ("pos/b_photo.csv", BINARY), ("web/empty.jsonl", b"")):
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        (raw / name).write_bytes(data)
+    sources = [str(CONF / "sources" / "demo_pos.yaml"), str(CONF / "sources" / "demo_web.yaml")]
+    args = ["ingest", "--config", str(CONF / "base.yaml"), "--config", str(CONF / "local.yaml")]
+    for setting in [*TEST_SETTINGS, f"ingest.sources={sources}"]:
+        args += ["--set", setting]
+    done = cli(*args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    everything = done.stdout + done.stderr
+    assert not_text((raw / "pos" / "b_photo.csv").resolve()) in everything
+    assert "\tat org.apache" not in everything and "Traceback" not in everything
+    assert "PNG" not in everything and "\ufffd" not in everything

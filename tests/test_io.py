@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from chispa import assert_df_equality
 from delta.tables import DeltaTable
 
@@ -63,3 +66,69 @@ def test_insert_new_and_append_add_columns_new_to_the_table(spark, tmp_path):
     expected = spark.createDataFrame([(1, "a", None), (2, "b", True)], "id LONG, name STRING, flag BOOLEAN")
     assert_df_equality(io.read(spark, ref), expected, ignore_row_order=True)
     assert_df_equality(io.read(spark, log_ref), expected, ignore_row_order=True)
+
+
+class Conflict(Exception):
+    """What py4j raises for a Delta conflict: the Java exception on the second line."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"An error occurred while calling o1.save.\n: io.delta.exceptions.{name}: ...\n\tat x.y(Z)")
+
+
+def test_retried_on_conflict_writes_again_until_the_other_writer_is_done(monkeypatch):
+    waits, outcomes = [], [Conflict("ConcurrentAppendException"), Conflict("ProtocolChangedException"), "done"]
+    monkeypatch.setattr(io.time, "sleep", waits.append)
+
+    def write():
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert io.retried_on_conflict(io.TableRef("t", path="/lake/t"), write) == "done"
+    assert len(waits) == 2 and 0.75 <= waits[0] <= 1.25 and 1.5 <= waits[1] <= 2.5  # backoff, with jitter
+
+
+def test_retried_on_conflict_gives_up_after_its_tries_in_one_line(monkeypatch):
+    monkeypatch.setattr(io.time, "sleep", lambda _: None)
+    tries = []
+
+    def write():
+        tries.append(1)
+        raise Conflict("ConcurrentAppendException")
+
+    with pytest.raises(io.ConcurrentWriteError) as raised:
+        io.retried_on_conflict(io.TableRef("t", path="/lake/t"), write)
+    assert len(tries) == io.CONFLICT_ATTEMPTS
+    assert str(raised.value) == (
+        f"/lake/t: another writer committed first at each of {io.CONFLICT_ATTEMPTS} tries "
+        "(ConcurrentAppendException); run again once the other job is done (the load adds nothing twice)"
+    )
+
+
+def test_retried_on_conflict_does_not_repeat_other_failures(monkeypatch):
+    tries = []
+
+    def write():
+        tries.append(1)
+        raise ValueError("no such column")
+
+    with pytest.raises(ValueError, match="no such column"):
+        io.retried_on_conflict(io.TableRef("t", path="/lake/t"), write)
+    assert tries == [1]
+
+
+def data_files(ref) -> set[str]:
+    return {p.name for p in Path(ref.path).rglob("*.parquet") if "_delta_log" not in p.parts}
+
+
+def test_insert_new_and_delete_matching_of_no_rows_leave_no_file(spark, tmp_path):
+    ref = io.table_ref(StorageConfig(mode="path", root=str(tmp_path), database=None), "t")
+    io.insert_new(spark, spark.createDataFrame([(1, "a"), (2, "b")], SCHEMA), ref, ["id"])
+    before, version = data_files(ref), DeltaTable.forPath(spark, ref.path).history(1).first()["version"]
+    nothing = spark.createDataFrame([], SCHEMA)
+    assert io.insert_new(spark, nothing, ref, ["id"], known_empty=True) is None
+    io.delete_matching(spark, nothing, ref, ["id"], known_empty=True)
+    io.delete_matching(spark, spark.createDataFrame([(9, "z")], SCHEMA), ref, ["id"])  # matches no row
+    assert data_files(ref) == before
+    assert DeltaTable.forPath(spark, ref.path).history(1).first()["version"] == version

@@ -5,9 +5,10 @@ import datetime as dt
 
 import pytest
 from chispa import assert_df_equality
+from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
-from custseg.config import load_source
-from custseg.sources import SourceError, canonicalize, check_mapping
+from custseg.config import CustomerSourceConfig, load_source
+from custseg.sources import SourceError, _text_type, canonicalize, check_mapping, read_source
 from tests.conftest import CONF
 
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -287,3 +288,26 @@ def test_check_mapping_rejects_bad_sql_and_bad_timestamp_pattern(spark):
         check_mapping(raw, dataclasses.replace(POS, void_when="receipt_no"))
     with pytest.raises(SourceError, match=r"demo_pos\.yaml: timestamp_formats\[1\]: 'yyyy-bb' is not a valid"):
         check_mapping(raw, dataclasses.replace(POS, timestamp_formats=["yyyyMMdd", "yyyy-bb"]))
+
+
+def test_text_type_of_a_variant_schema_is_structs_and_arrays_of_text():
+    schema = (
+        "OBJECT<`a b`: BIGINT, c: ARRAY<VARIANT>, d: DECIMAL(2,1), e: VOID, g: OBJECT<h: ARRAY<OBJECT<i: BIGINT>>>>"
+    )
+    expected = StructType(
+        [
+            StructField("a b", StringType()),
+            StructField("c", ArrayType(StringType())),
+            StructField("d", StringType()),
+            StructField("e", StringType()),
+            StructField("g", StructType([StructField("h", ArrayType(StructType([StructField("i", StringType())])))])),
+        ]
+    )
+    assert _text_type(schema) == expected
+
+
+def test_read_source_reads_a_customer_tables_json_as_spark_infers_it(spark, tmp_path):
+    (tmp_path / "crm.jsonl").write_text('{"id":"1","address":{"city":"Leeds"}}\n{"id":"2","address":"unknown"}\n')
+    src = CustomerSourceConfig(name="crm", format="json", path=str(tmp_path), customer_id="id", numeric={"n": "1"})
+    rows = read_source(spark, src).orderBy("id").select("id", "address").collect()
+    assert [tuple(r) for r in rows] == [("1", '{"city":"Leeds"}'), ("2", "unknown")]

@@ -29,7 +29,7 @@ from custseg import __version__, customers, datagen, features, ingest, io, model
 from custseg import columns as c
 from custseg.config import Config, ConfigError, config_changes, load_config, load_defaults, redacted
 from custseg.evaluate import adjusted_rand_index
-from custseg.io import PrerequisiteError
+from custseg.io import ConcurrentWriteError, PrerequisiteError
 from custseg.redaction import install_log_redaction
 from custseg.sources import SourceError
 from custseg.spark import (
@@ -46,7 +46,7 @@ ENV_VAR = "CUSTSEG_ENV"
 # Exit code 2, one line, no traceback (unless --debug): what the user can fix.
 USER_ERRORS = (
     ConfigError, SourceError, PrerequisiteError, MissingJarsError, MasterUnreachableError,
-    ConnectServerUnreachableError,
+    ConnectServerUnreachableError, ConcurrentWriteError,
 )  # fmt: skip
 
 

@@ -25,7 +25,16 @@ from pyspark.sql import functions as F
 from custseg import columns as c
 from custseg import io, progress
 from custseg.config import Config, ConfigError
-from custseg.sources import CONTENT_ID, RAW, REASON, SOURCE_FILE, canonicalize, check_mapping, read_source
+from custseg.sources import (
+    CONTENT_ID,
+    RAW,
+    REASON,
+    SOURCE_FILE,
+    canonicalize,
+    check_mapping,
+    csv_file_error,
+    read_source,
+)
 from custseg.spark import shuffle_files_removed
 
 log = logging.getLogger(__name__)
@@ -317,16 +326,26 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
         shuffle_files_removed(spark),
         progress.stage("ingest: parsing, validating and deduplicating every line into a checkpoint"),
     ):
-        rows = (
-            functools.reduce(DataFrame.unionByName, canonical)
-            .withColumn(RAW, _quarantined_only(RAW))  # before the deduplication's shuffle, which moves every row
-            .transform(assign_ids(policy.drop_duplicates))
-            .select(*STAGED_COLUMNS, RAW, F.lit(run_id).alias(c.RUN_ID))
-            .localCheckpoint(eager=True, storageLevel=StorageLevel.DISK_ONLY)
-        )
+        try:
+            rows = (
+                functools.reduce(DataFrame.unionByName, canonical)
+                .withColumn(RAW, _quarantined_only(RAW))  # before the deduplication's shuffle, which moves every row
+                .transform(assign_ids(policy.drop_duplicates))
+                .select(*STAGED_COLUMNS, RAW, F.lit(run_id).alias(c.RUN_ID))
+                .localCheckpoint(eager=True, storageLevel=StorageLevel.DISK_ONLY)
+            )
+        except Exception as exc:  # the first read of every file: a CSV file with another header fails here
+            error = csv_file_error(spark, exc, cfg.sources)
+            if error is None:
+                raise
+            raise error from None
     with progress.stage("ingest: outlier fences and counts") as found:
         flagged = rows.transform(flag_extremes(policy.extreme_iqr_factor))  # the fences are a pass
         counts = {row[c.SOURCE]: SourceCounts(**row.asDict()) for row in source_counts(flagged).collect()}
+        # A source read but without a row (CSV files with a header only) has no group:
+        # it is logged with zeros, as a source of empty files is.
+        counted = {s.source for s in empty} | set(counts)
+        counts |= {src.name: SourceCounts(src.name, 0, 0, 0, 0) for src in cfg.sources if src.name not in counted}
         for field in ("rows_read", "accepted", "quarantined", "duplicates"):
             found[field.replace("_", " ")] = sum(getattr(s, field) for s in counts.values())
     unbalanced = [s for s in counts.values() if not s.balanced]
@@ -334,11 +353,15 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
         raise ReconciliationError(f"rows read != accepted + quarantined + duplicates: {unbalanced}")
     accepted = flagged.where(_accepted()).select(*TRANSACTION_COLUMNS)
     quarantined = flagged.where(_quarantined()).select(*QUARANTINE_COLUMNS)
-    loaded = io.insert_new(spark, accepted, transactions, [c.TXN_ID], TRANSACTION_PROPERTIES)
+    # A load of rows the counts say are none is skipped on an existing table: a MERGE of
+    # nothing would leave an empty, unreferenced file there.
+    no_accepted = sum(s.accepted for s in counts.values()) == 0
+    no_quarantined = sum(s.quarantined for s in counts.values()) == 0
+    loaded = io.insert_new(spark, accepted, transactions, [c.TXN_ID], TRANSACTION_PROPERTIES, no_accepted)
     # A row quarantined before (say, as future-dated) and accepted now leaves
     # quarantine, so that no row is ever in both tables.
-    io.delete_matching(spark, accepted.select(c.TXN_ID), quarantine, [c.TXN_ID])
-    loaded_q = io.insert_new(spark, quarantined, quarantine, [c.TXN_ID])
+    io.delete_matching(spark, accepted.select(c.TXN_ID), quarantine, [c.TXN_ID], no_accepted)
+    loaded_q = io.insert_new(spark, quarantined, quarantine, [c.TXN_ID], known_empty=no_quarantined)
     counts = _check_stored(spark, counts, flagged, (transactions, loaded), (quarantine, loaded_q), run_id)
     with progress.stage("ingest: data profile"):
         io.overwrite(data_profile(flagged), io.table_ref(cfg.storage, cfg.tables.profile))

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, Row, SparkSession
@@ -24,10 +27,16 @@ from custseg.config import StorageConfig
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class PrerequisiteError(ValueError):
     """What a job needs is missing or empty: a table an earlier job writes, a model,
     any data to ingest. The message says which, and what to run or fix first."""
+
+
+class ConcurrentWriteError(RuntimeError):
+    """Another writer kept committing to the table first, past every retry."""
 
 
 @dataclass(frozen=True)
@@ -107,17 +116,21 @@ def _escape_braces(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
-# Test hook for tests/test_faults.py, off unless set: CUSTSEG_SLOW_WRITE=<table>[:<seconds>]
-# makes the first row of partition 0 of that table's writes wait (default 120 s) inside
-# the write task, so the other data files land while the Delta commit waits: a test can
-# kill the driver between the two. Filtering on an always-true condition keeps the data.
+# Test hook for tests/test_faults.py and tests/test_ingest_concurrency.py, off unless set:
+# CUSTSEG_SLOW_WRITE=<table>[:<seconds>] makes the first row of partition 0 of the first
+# write or load (MERGE) of that table in the process wait (default 120 s) inside the write
+# task, so the other data files land while the Delta commit waits: a test can kill the
+# driver between the two, or let another writer commit first. Filtering on an always-true
+# condition keeps the data.
 SLOW_WRITE_ENV = "CUSTSEG_SLOW_WRITE"
+_slowed: set[str] = set()  # the tables whose first write waited: a retry does not wait again
 
 
 def _slowed_for_tests(df: DataFrame, ref: TableRef) -> DataFrame:
     table, _, seconds = os.environ.get(SLOW_WRITE_ENV, "").partition(":")
-    if table != ref.name:
+    if table != ref.name or table in _slowed:
         return df
+    _slowed.add(table)
     millis = int(float(seconds or 120) * 1000)
     log.warning("%s is set: the write of %s waits %d ms in one task", SLOW_WRITE_ENV, ref, millis)
     wait = f"reflect('java.lang.Thread', 'sleep', CAST({millis} AS BIGINT)) IS NOT NULL"  # void: the string 'null'
@@ -144,14 +157,68 @@ def _save(
     log.info("wrote %s (%s)", ref, mode)
 
 
+# --------------------------------------------------------------------------- concurrent writers
+
+# Delta's optimistic concurrency: a commit that conflicts with one another writer made
+# since this one read the table fails with one of these, and changes nothing. Two first
+# writes of a new table: ProtocolChangedException; two MERGEs into one table:
+# ConcurrentAppendException. Every write here is safe to repeat (the loads are
+# idempotent MERGEs, the others replace or append whole results), so it is retried.
+_CONFLICTS = (
+    "ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
+    "ProtocolChangedException",
+)  # fmt: skip
+_CONFLICT_CONDITIONS = ("DELTA_CONCURRENT_", "DELTA_PROTOCOL_CHANGED", "DELTA_METADATA_CHANGED")
+CONFLICT_ATTEMPTS = 6  # waits of about 1, 2, 4, 8 and 16 s between them: half a minute in all
+CONFLICT_FIRST_WAIT = 1.0
+
+
+def conflict_of(exc: Exception) -> str | None:
+    """The Delta write conflict ``exc`` is (its exception's name), or None."""
+    # Its message up to the first stack frame: py4j puts the Java exception on line 2.
+    head = str(exc).split("\tat ", 1)[0]
+    name = next((n for n in _CONFLICTS if n in head), None)
+    if name is not None:
+        return name
+    try:
+        condition = exc.getCondition() or ""  # type: ignore[attr-defined]
+    except Exception:  # not a Spark error, or one without a condition
+        return None
+    return condition if condition.startswith(_CONFLICT_CONDITIONS) else None
+
+
+def retried_on_conflict(ref: TableRef, write: Callable[[], T]) -> T:
+    """``write()``, repeated with exponential backoff (and jitter, so that two writers
+    part) while another writer's commit conflicts with it; ConcurrentWriteError after
+    CONFLICT_ATTEMPTS tries."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return write()
+        except Exception as exc:
+            conflict = conflict_of(exc)
+            if conflict is None:
+                raise
+            if attempt == CONFLICT_ATTEMPTS:
+                raise ConcurrentWriteError(
+                    f"{ref}: another writer committed first at each of {attempt} tries ({conflict}); "
+                    "run again once the other job is done (the load adds nothing twice)"
+                ) from None
+            wait = CONFLICT_FIRST_WAIT * 2 ** (attempt - 1) * random.uniform(0.75, 1.25)
+            log.warning("%s: another writer committed first (%s); writing again in %.1f s (try %d of %d)",
+                        ref, conflict, wait, attempt + 1, CONFLICT_ATTEMPTS)  # fmt: skip
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def overwrite(df: DataFrame, ref: TableRef) -> None:
     """Replace the table's contents (and schema) atomically; history stays in the log."""
-    _save(df, ref, "overwrite", overwrite_schema=True)
+    retried_on_conflict(ref, lambda: _save(df, ref, "overwrite", overwrite_schema=True))
 
 
 def append(df: DataFrame, ref: TableRef) -> None:
     """Append rows; columns new to the table are added (older rows read them as null)."""
-    _save(df, ref, "append", merge_schema=True)
+    retried_on_conflict(ref, lambda: _save(df, ref, "append", merge_schema=True))
 
 
 @dataclass(frozen=True)
@@ -182,9 +249,18 @@ def _loaded(commit: Row, operations: Sequence[str], source_key: str, inserted_ke
 
 
 def insert_new(
-    spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str], properties: dict[str, str] | None = None
+    spark: SparkSession,
+    df: DataFrame,
+    ref: TableRef,
+    keys: Sequence[str],
+    properties: dict[str, str] | None = None,
+    known_empty: bool = False,
 ) -> Loaded | None:
     """Insert the rows whose ``keys`` the table does not hold yet (an idempotent load).
+
+    ``known_empty``: the caller knows ``df`` has no rows; an existing table is then left
+    alone. A MERGE of no new rows commits nothing, but Delta writes its empty result as
+    a Parquet file first, which no version references (VACUUM removes it).
 
     The first load creates the table, with the Delta table ``properties`` given; later
     loads MERGE, so rerunning the same input, or resuming after a crash part-way, adds
@@ -193,14 +269,25 @@ def insert_new(
     Returns the counts the load's commit records (no data is read for them), or None
     when there is no commit of its own to read them from: it inserted nothing, or
     another writer's commit came after it.
+
+    A load that another writer's commit conflicts with is done again, from the existence
+    check: what the other inserted is then matched, not inserted twice.
     """
+    if known_empty and exists(spark, ref):
+        return None
+    return retried_on_conflict(ref, lambda: _insert_new(spark, df, ref, keys, properties))
+
+
+def _insert_new(
+    spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str], properties: dict[str, str] | None
+) -> Loaded | None:
     if not exists(spark, ref):
         _save(df, ref, "error", properties=properties)  # "errorifexists" is classic Spark's only; Connect knows "error"
         return _loaded(_last_commit(spark, ref), _CREATES, "numOutputRows", "numOutputRows")
     before = _last_commit(spark, ref)["version"]
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     # A table written by an older release gains the columns added since (older rows: null).
-    merge(spark, df, ref, condition, ["WHEN NOT MATCHED THEN INSERT *"], schema_evolution=True)
+    merge(spark, _slowed_for_tests(df, ref), ref, condition, ["WHEN NOT MATCHED THEN INSERT *"], schema_evolution=True)
     log.info("merged into %s on %s", ref, ", ".join(keys))
     commit = _last_commit(spark, ref)
     if commit["version"] == before:  # a MERGE that inserts nothing commits nothing, and so records nothing
@@ -208,9 +295,12 @@ def insert_new(
     return _loaded(commit, ("MERGE",), "numSourceRows", "numTargetRowsInserted")
 
 
-def delete_matching(spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str]) -> None:
-    """Delete the table's rows whose ``keys`` appear in ``df`` (no-op if there is no table)."""
-    if not exists(spark, ref):
+def delete_matching(
+    spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str], known_empty: bool = False
+) -> None:
+    """Delete the table's rows whose ``keys`` appear in ``df`` (no-op if there is no
+    table, or ``known_empty``: the caller knows ``df`` has no rows)."""
+    if known_empty or not exists(spark, ref):
         return
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-    merge(spark, df, ref, condition, ["WHEN MATCHED THEN DELETE"])
+    retried_on_conflict(ref, lambda: merge(spark, df, ref, condition, ["WHEN MATCHED THEN DELETE"]))

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
+import unicodedata
+import urllib.parse
 from collections.abc import Callable, Sequence
 
 from pyspark.errors import AnalysisException, PySparkException
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType, StructField, StructType
+from pyspark.sql.types import ArrayType, DataType, StringType, StructField, StructType
 
 from custseg import columns as c
 from custseg.config import SourceConfig
@@ -70,6 +73,8 @@ def read_source(spark: SparkSession, src: SourceConfig) -> DataFrame | None:
             if src.format == "json":
                 reader = reader.option("primitivesAsString", "true").option("columnNameOfCorruptRecord", MALFORMED)
             df = reader.load(path)
+            if src.format == "json" and isinstance(src, SourceConfig):  # not a customer table's mapping
+                df = _json_in_mapped_shapes(df, src, reader, path)
         if df is not None:
             df.schema  # noqa: B018 - resolve the schema now, so a bad path fails here
     except AnalysisException as exc:
@@ -94,6 +99,99 @@ def read_source(spark: SparkSession, src: SourceConfig) -> DataFrame | None:
     return df.select(*text, file_path)
 
 
+def _json_in_mapped_shapes(df: DataFrame, src: SourceConfig, reader: DataFrameReader, path: str) -> DataFrame:
+    """The JSON source read again with an object or array type for each top-level field
+    that Spark inferred as text because records disagree on its shape (``"customer":
+    "206"`` beside ``"customer": {"id": ...}``), when the mapping needs it so.
+
+    Spark's inference makes such a field a string, and then ``customer.id`` does not
+    resolve, or ``items`` cannot be exploded: one bad record would block the source. Read
+    with the field's object (or array) type instead, the records of another shape become
+    corrupt records, kept whole and quarantined as ``malformed_row``. The types come from
+    the records that have the shape (``schema_of_variant_agg``), every primitive as text
+    as in the first read. Only when the mapping does not resolve: one more pass."""
+    if df.columns == [MALFORMED] or _mapping_error(df, src) is None:
+        return df
+    texts = [f.name for f in df.schema.fields if f.name != MALFORMED and isinstance(f.dataType, StringType)]
+    if not texts:
+        return df
+    shapes = df.select(
+        *[_shape_schema(name, kind).alias(f"{kind}:{name}") for name in texts for kind in ("OBJECT", "ARRAY")]
+    ).first()  # one row
+    types = {}
+    for name in texts:
+        as_object, as_array = (shapes[f"{kind}:{name}"] for kind in ("OBJECT", "ARRAY"))
+        shape = (as_array or as_object) if name == src.explode else (as_object or as_array)
+        if shape:
+            types[name] = _text_type(shape)
+
+    def read(reshaped: dict[str, DataType]) -> DataFrame:
+        fields = [
+            StructField(f.name, reshaped.get(f.name, f.dataType)) for f in df.schema.fields if f.name != MALFORMED
+        ]
+        return reader.schema(StructType([*fields, StructField(MALFORMED, StringType())])).load(path)
+
+    # Only the fields the mapping needs in their shape: a record is not quarantined for
+    # the shape of a field nothing reads.
+    for name in list(types):
+        fewer = {k: v for k, v in types.items() if k != name}
+        if _mapping_error(read(fewer), src) is None:
+            types = fewer
+    if not types:
+        return df
+    log.info("source %s: %s read as object or array; records of another shape are quarantined", src.name, list(types))
+    return read(types)
+
+
+def _shape_schema(name: str, kind: str) -> Column:
+    """The merged schema (a variant schema string) of the values of ``name`` that are of
+    ``kind`` (OBJECT or ARRAY); null or VOID when none is. A text field holds an object
+    or array value as its JSON text."""
+    value = F.try_parse_json(F.col(f"`{name}`"))
+    schema = F.schema_of_variant_agg(F.when(F.schema_of_variant(value).startswith(kind), value))
+    return F.when(schema != "VOID", schema)
+
+
+_VARIANT_TYPE = re.compile(r"\s*(OBJECT<|ARRAY<|`(?:[^`]|``)*`|[A-Za-z_][A-Za-z0-9_]*(?:\(\d+,\s*\d+\))?)\s*")
+
+
+def _text_type(schema: str) -> DataType:
+    """A variant schema string (``OBJECT<id: BIGINT, tags: ARRAY<STRING>>``) as a Spark
+    type with every primitive as text: structs for objects, arrays for arrays."""
+
+    def parse(at: int) -> tuple[DataType, int]:
+        token = _VARIANT_TYPE.match(schema, at)
+        if token is None:
+            raise ValueError(f"unexpected variant schema at {at}: {schema}")
+        at = token.end()
+        if token.group(1) == "ARRAY<":
+            element, at = parse(at)
+            return ArrayType(element), _expect(">", at)
+        if token.group(1) != "OBJECT<":
+            return StringType(), at  # every primitive, and VARIANT where records disagree
+        fields = []
+        while schema[at] != ">":
+            name = _VARIANT_TYPE.match(schema, at)
+            key = name.group(1)
+            key = key[1:-1].replace("``", "`") if key.startswith("`") else key
+            value, at = parse(_expect(":", name.end()))
+            fields.append(StructField(key, value))
+            if schema[at] == ",":
+                at += 1
+            while schema[at] == " ":
+                at += 1
+        return StructType(fields), at + 1
+
+    def _expect(char: str, at: int) -> int:
+        while schema[at] == " ":
+            at += 1
+        if schema[at] != char:
+            raise ValueError(f"expected '{char}' at {at}: {schema}")
+        return at + 1
+
+    return parse(0)[0]
+
+
 def _no_files(src: SourceConfig, path: str) -> SourceError:
     return SourceError(
         f"source '{src.name}' ({src.file}): path: {path} holds no files (Spark skips names that start with "
@@ -109,6 +207,10 @@ def _read_csv(spark: SparkSession, src: SourceConfig, path: str) -> DataFrame | 
     names = reader.csv(path).columns
     if not names:
         return None
+    if not is_text(",".join(names)):
+        # Spark takes the header from one file, the largest: name it, print none of its bytes.
+        first = spark.read.text(path).select(F.col("_metadata.file_path")).first()
+        raise _not_text(src, first[0] if first else path)
     schema = StructType([StructField(n, StringType()) for n in names] + [StructField(MALFORMED, StringType())])
     return (
         reader.schema(schema)
@@ -119,6 +221,62 @@ def _read_csv(spark: SparkSession, src: SourceConfig, path: str) -> DataFrame | 
         .option("enforceSchema", "false")
         .csv(path)
     )
+
+
+def is_text(line: str) -> bool:
+    """False for what a binary file, or one in another encoding, decodes to: a character
+    the decoder could not map, or a control character other than a tab."""
+    return not any(ch == REPLACEMENT_CHAR or (unicodedata.category(ch) == "Cc" and ch != "\t") for ch in line)
+
+
+def _shown(file: str) -> str:
+    """A file as messages name it: a local path without Spark's ``file:`` or ``file://``."""
+    parsed = urllib.parse.urlparse(file)
+    return urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else file
+
+
+def _not_text(src: SourceConfig, file: str) -> SourceError:
+    encoding = src.options.get("encoding", "UTF-8")
+    return SourceError(
+        f"source '{src.name}' ({src.file}): {_shown(file)} is not a text file in {encoding} (its first line holds "
+        "undecodable bytes or control characters: a binary file?); move it out of the source's path, or set "
+        "options.encoding"
+    )
+
+
+_CSV_FILE = re.compile(r"CSV file: (\S+)")
+_EXPECTED = re.compile(r"Expected: (.*?) but found: (.*)")
+
+
+def csv_file_error(spark: SparkSession, exc: Exception, sources: Sequence[SourceConfig]) -> SourceError | None:
+    """Spark's failure to read a CSV file whose header is not the source's (checked for
+    every file, ``enforceSchema: false``) as one line naming the file: not text (a binary
+    file), or columns in another order, missing or extra. None for any other failure."""
+    message = str(exc)
+    found = _CSV_FILE.search(message)
+    if "CSV header" not in message or found is None:
+        return None
+    file = found.group(1)
+    local = _shown(file)
+    candidates = [s for s in sources if s.format == "csv"]
+    src = next((s for s in candidates if local.startswith(resolve(s.path))), candidates[0] if candidates else None)
+    if src is None:
+        return None
+    options = {**src.options, "header": "false"}
+    first = spark.read.options(**options).csv(file).first()  # the file's header line, as fields
+    if first is not None and not is_text(",".join(v or "" for v in first)):
+        return _not_text(src, file)
+    expected = _EXPECTED.search(message)
+    detail = f": expected {_printable(expected.group(1))}, found {_printable(expected.group(2))}" if expected else ""
+    return SourceError(
+        f"source '{src.name}' ({src.file}): {local}: its header is not the source's (columns in another order, "
+        f"missing or extra){detail}; every file of a source must have the same header"
+    )
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    shown = "".join(ch if ch.isprintable() and ch != REPLACEMENT_CHAR else "?" for ch in text.strip())
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def _read_whitespace(spark: SparkSession, src: SourceConfig, path: str) -> DataFrame | None:
@@ -148,24 +306,9 @@ def _first_line(exc: Exception) -> str:
 def check_mapping(df: DataFrame, src: SourceConfig) -> None:
     """Resolve every mapped expression against the source's schema before any data is
     processed; a wrong column name fails here, naming the mapping file and key."""
-    if src.explode and src.explode not in df.columns:
-        raise SourceError(f"{src.file}: explode: no column '{src.explode}' in {_data_columns(df)}")
-    rows = _exploded(df, src)
-    checks = {f"columns.{k}": v for k, v in vars(src.columns).items() if v is not None}
-    checks |= {"return_when": src.return_when, "void_when": src.void_when, "non_product_when": src.non_product_when}
-    for key, expr in checks.items():
-        try:
-            resolved = rows.select(_mapped(expr, rows.columns)).schema.fields[0]  # analysis only, reads no data
-        except PySparkException as exc:
-            raise SourceError(
-                f"{src.file}: {key}: cannot resolve '{expr}' against the columns {_data_columns(df)}: "
-                f"{_first_line(exc)}"
-            ) from None
-        if key.endswith("_when") and resolved.dataType.typeName() != "boolean":
-            raise SourceError(
-                f"{src.file}: {key}: '{expr}' is not a true/false condition "
-                f"(it gives {resolved.dataType.simpleString()})"
-            )
+    error = _mapping_error(df, src)
+    if error is not None:
+        raise error
     for i, fmt in enumerate(src.timestamp_formats):
         # A bad pattern only fails when a value is parsed: try it on one literal now.
         probe = df.sparkSession.range(1).select(F.try_to_timestamp(F.lit("2000-01-01"), F.lit(fmt)))
@@ -175,6 +318,34 @@ def check_mapping(df: DataFrame, src: SourceConfig) -> None:
             raise SourceError(
                 f"{src.file}: timestamp_formats[{i}]: '{fmt}' is not a valid pattern: {_first_line(exc)}"
             ) from None
+
+
+def _mapping_error(df: DataFrame, src: SourceConfig) -> SourceError | None:
+    """What does not resolve in the mapping against ``df``'s schema (reading no data), or None."""
+    if src.explode and src.explode not in df.columns:
+        return SourceError(f"{src.file}: explode: no column '{src.explode}' in {_data_columns(df)}")
+    if src.explode and not isinstance(df.schema[src.explode].dataType, ArrayType):
+        return SourceError(
+            f"{src.file}: explode: '{src.explode}' is not an array in any record "
+            f"(it is {df.schema[src.explode].dataType.simpleString()})"
+        )
+    rows = _exploded(df, src)
+    checks = {f"columns.{k}": v for k, v in vars(src.columns).items() if v is not None}
+    checks |= {"return_when": src.return_when, "void_when": src.void_when, "non_product_when": src.non_product_when}
+    for key, expr in checks.items():
+        try:
+            resolved = rows.select(_mapped(expr, rows.columns)).schema.fields[0]  # analysis only, reads no data
+        except PySparkException as exc:
+            return SourceError(
+                f"{src.file}: {key}: cannot resolve '{expr}' against the columns {_data_columns(df)}: "
+                f"{_first_line(exc)}"
+            )
+        if key.endswith("_when") and resolved.dataType.typeName() != "boolean":
+            return SourceError(
+                f"{src.file}: {key}: '{expr}' is not a true/false condition "
+                f"(it gives {resolved.dataType.simpleString()})"
+            )
+    return None
 
 
 def check_columns(df: DataFrame, file: str, mapping: dict[str, str]) -> None:
