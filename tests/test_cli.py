@@ -323,21 +323,3 @@ def test_cli_config_error_with_a_secret_names_the_reference_in_one_line(tmp_path
     errors = [line for line in everything.splitlines() if " ERROR custseg: " in line]
     assert len(errors) == 1 and errors[0].endswith("--set: segment.k_max: expected an integer, got '${MY_SECRET}'")
     assert SECRET not in everything and "Traceback" not in everything
-
-
-def test_cli_binary_csv_file_beside_a_larger_good_file_prints_one_line_and_no_java_trace(tmp_path):
-    raw = tmp_path / "data" / "raw"
-    rows = b"".join(b"P%d,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01\n" % i for i in range(40))
-    for name, data in (("pos/a_good.csv", POS_HEADER + rows), ("pos/b_photo.csv", BINARY), ("web/empty.jsonl", b"")):
-        (raw / name).parent.mkdir(parents=True, exist_ok=True)
-        (raw / name).write_bytes(data)
-    sources = [str(CONF / "sources" / "demo_pos.yaml"), str(CONF / "sources" / "demo_web.yaml")]
-    args = ["ingest", "--config", str(CONF / "base.yaml"), "--config", str(CONF / "local.yaml")]
-    for setting in [*TEST_SETTINGS, f"ingest.sources={sources}"]:
-        args += ["--set", setting]
-    done = cli(*args, cwd=tmp_path)
-    assert done.returncode == 2, done.stderr[-3000:]
-    everything = done.stdout + done.stderr
-    assert not_text((raw / "pos" / "b_photo.csv").resolve()) in everything
-    assert "\tat org.apache" not in everything and "Traceback" not in everything
-    assert "PNG" not in everything and "\ufffd" not in everything

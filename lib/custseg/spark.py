@@ -232,26 +232,8 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     for key, value in session_conf(cfg).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    master = spark.conf.get("spark.master", "?")
-    if master.startswith("local") and (cfg.log_level or "").upper() in QUIET_LEVELS:
-        quiet_local_task_errors(spark)
-    log.info("Spark %s session ready (master %s)", spark.version, master)
+    log.info("Spark %s session ready (master %s)", spark.version, spark.conf.get("spark.master", "?"))
     return spark
-
-
-QUIET_LEVELS = ("ERROR", "FATAL", "OFF")
-
-
-def quiet_local_task_errors(spark: SparkSession) -> None:
-    """In local mode the executor runs in this JVM, and log4j prints each failed task's
-    Java trace here (``Executor``, at ERROR) before the failure reaches Python, which
-    then says it once: in one line for a user's input (a CSV file whose header is not
-    its source's), with the trace for any other failure. With Spark's log level at ERROR
-    or above, the executor's logger is raised to FATAL: the trace is not lost, only not
-    printed twice. The driver's one line that the job aborted stays."""
-    jvm = spark.sparkContext._jvm
-    level = jvm.org.apache.logging.log4j.Level.FATAL
-    jvm.org.apache.logging.log4j.core.config.Configurator.setLevel("org.apache.spark.executor.Executor", level)
 
 
 def _connect_session(cfg: SparkConfig, remote: str, origin: str) -> SparkSession:
