@@ -255,8 +255,8 @@ def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dic
     seeds = restarts.restart_seeds(cfg.seed, cfg.restarts)
     steps = progress.Steps("k sweep", len(ks) * len(seeds))
 
-    def fit_one(k: int, restart: int) -> tuple[int, restarts.Fit]:
-        return k, restarts.fit_once(clusterer(dataclasses.replace(cfg, seed=seeds[restart]), k), vectors, restart)
+    def fit_one(k: int, restart: int) -> tuple[int, int, Model]:
+        return k, restart, clusterer(dataclasses.replace(cfg, seed=seeds[restart]), k).fit(vectors)
 
     def score(k: int, model: Model) -> SweepPoint:
         point = scored(model, vectors, k)
@@ -270,7 +270,8 @@ def sweep(vectors: DataFrame, cfg: SegmentConfig) -> tuple[list[SweepPoint], dic
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="k-sweep") as pool:
         tasks = [pool.submit(fit_one, k, restart) for k in ks for restart in range(len(seeds))]
         for done in as_completed(tasks):
-            k, fitted = done.result()
+            k, restart, model = done.result()
+            fitted = restarts.Fit.of(restart, model)  # here, in the thread that holds the session
             fits[k].append(fitted)
             steps.step(f"k={k} seed={seeds[fitted.restart]} objective={fitted.objective:.2f}")
         models = {k: restarts.best(fits[k]) for k in ks}

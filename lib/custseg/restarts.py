@@ -55,17 +55,18 @@ def objective(model: Model) -> float:
 
 @dataclass(frozen=True)
 class Fit:
-    """One restart's model and its objective, read once, right after the fit: over Spark
-    Connect each read of a summary is a call to the server."""
+    """One restart's model and its objective, read once: over Spark Connect each read of
+    a summary is a call to the server. Read it in the thread that holds the session:
+    the fits run in pool threads, where Connect has no active session for a model's
+    calls (the fit itself takes its session from its input)."""
 
     restart: int
     objective: float
     model: Model
 
-
-def fit_once(estimator: Estimator, vectors: DataFrame, restart: int) -> Fit:
-    model = estimator.fit(vectors)
-    return Fit(restart=restart, objective=objective(model), model=model)
+    @classmethod
+    def of(cls, restart: int, model: Model) -> Fit:
+        return cls(restart=restart, objective=objective(model), model=model)
 
 
 def best(fits: Sequence[Fit]) -> Model:
@@ -84,11 +85,12 @@ class Restarted:
     def fit(self, vectors: DataFrame) -> Model:
         seeds = restart_seeds(self.seg.seed, self.seg.restarts)
 
-        def one(restart: int) -> Fit:
-            return fit_once(clusterer(dataclasses.replace(self.seg, seed=seeds[restart]), self.k), vectors, restart)
+        def one(restart: int) -> Model:
+            return clusterer(dataclasses.replace(self.seg, seed=seeds[restart]), self.k).fit(vectors)
 
         if len(seeds) == 1:
-            return one(0).model
+            return one(0)
         workers = min(self.seg.sweep_parallelism, len(seeds))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restart") as pool:
-            return best(list(pool.map(one, range(len(seeds)))))
+            models = list(pool.map(one, range(len(seeds))))
+        return best([Fit.of(restart, model) for restart, model in enumerate(models)])
