@@ -154,7 +154,7 @@ def _save(
         writer.saveAsTable(ref.identifier)
     else:
         writer.save(ref.path)
-    log.info("wrote %s (%s)", ref, mode)
+    log.info("wrote %s (%s)", ref, "created" if mode == "error" else mode)  # "error": fail if it exists
 
 
 # --------------------------------------------------------------------------- concurrent writers
