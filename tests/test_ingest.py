@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
+from pyspark.sql import functions as F
 
 from custseg import ingest, io
 from custseg.sources import SourceError
@@ -163,8 +164,13 @@ def test_ingest_rerun_after_crash_part_way_completes_without_duplicates(spark, t
     txns = io.read(spark, io.table_ref(cfg.storage, cfg.tables.transactions))
     assert txns.count() == txns.select("txn_id").distinct().count() == 5
     assert [(s.accepted, s.inserted, s.quarantined) for s in counts] == [(3, 0, 2), (2, 0, 0)]
+    # run-1's load is logged by run-2, from the rows it left: sum(inserted) is the table's rows.
     run_log = io.read(spark, io.table_ref(cfg.storage, cfg.tables.run_log))
-    assert_df_equality(run_log.select("run_id").distinct(), spark.createDataFrame([("run-2",)], "run_id STRING"))
+    logged = run_log.groupBy("run_id", "repaired_by").agg(F.sum("inserted").alias("inserted"))
+    expected = spark.createDataFrame(
+        [("run-1", "run-2", 5), ("run-2", None, 0)], "run_id STRING, repaired_by STRING, inserted LONG"
+    )
+    assert_df_equality(logged, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_ingest_fails_when_a_load_read_fewer_rows_than_were_meant_for_it(spark, tmp_path, monkeypatch):

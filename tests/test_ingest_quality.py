@@ -322,6 +322,15 @@ def test_ingest_header_only_csv_source_is_logged_with_zero_rows(spark, tmp_path)
         "source STRING, rows_read LONG, accepted LONG, quarantined LONG, inserted LONG",
     )
     assert_df_equality(logged, expected, ignore_row_order=True, ignore_nullable=True)
+    W1 = dt.datetime(2024, 3, 1, 10)  # noqa: N806 (the one web order's time)
+    profiled = table(spark, cfg, "profile").select(
+        "source", "rows", "accepted", "distinct_customers", "first_event_ts", "amount_p50"
+    )
+    expected = spark.createDataFrame(
+        [("pos", 0, 0, 0, None, None), ("web", 1, 1, 1, W1, 2.0), ("ALL", 1, 1, 1, W1, 2.0)],
+        "source STRING, rows LONG, accepted LONG, distinct_customers LONG, first_event_ts TIMESTAMP, amount_p50 DOUBLE",
+    )  # fmt: skip
+    assert_df_equality(profiled, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_ingest_without_quarantined_rows_leaves_no_file_in_quarantine(spark, tmp_path):
@@ -364,3 +373,27 @@ def test_ingest_json_field_never_of_the_mapped_shape_is_still_a_mapping_error(sp
     write(tmp_path / "raw" / "web" / "a.jsonl", web_order("W1", '"7"') + web_order("W2", '"206"'))
     with pytest.raises(SourceError, match=r"demo_web\.yaml: columns\.customer_id: cannot resolve 'customer\.id'"):
         ingest.run(spark, cfg, "run-1", now=NOW)
+
+
+def test_ingest_killed_before_its_run_log_row_is_logged_by_the_next_run(spark, tmp_path, monkeypatch):
+    cfg = pos_only(tmp_path)
+    write(tmp_path / "raw" / "pos" / "a.csv", HEADER + GOOD + b"P1,2,0042,SKU2,x,3.50,2024-06-01 10:00:00,S01\n")
+    # The process dies after both loads committed and before the run log's append: the
+    # same tables on disk as a kill -9 there.
+    with monkeypatch.context() as patched:
+        patched.setattr(ingest, "_write_run_log", lambda *args: (_ for _ in ()).throw(SystemExit(137)))
+        with pytest.raises(SystemExit):
+            ingest.run(spark, cfg, "run-1", now=NOW)
+    assert table(spark, cfg, "transactions").count() == 1
+    assert not io.exists(spark, io.table_ref(cfg.storage, cfg.tables.run_log))
+
+    write(tmp_path / "raw" / "pos" / "b.csv", HEADER + GOOD.replace(b"P1", b"P2"))
+    ingest.run(spark, cfg, "run-2", now=NOW)
+    ingest.run(spark, cfg, "run-3", now=NOW)  # finds nothing more to repair
+    logged = table(spark, cfg, "run_log").select("run_id", "rows_read", "quarantined", "inserted", "repaired_by")
+    expected = spark.createDataFrame(
+        [("run-1", None, 1, 1, "run-2"), ("run-2", 3, 1, 1, None), ("run-3", 3, 1, 0, None)],
+        "run_id STRING, rows_read LONG, quarantined LONG, inserted LONG, repaired_by STRING",
+    )
+    assert_df_equality(logged, expected, ignore_row_order=True, ignore_nullable=True)
+    assert logged.agg(F.sum("inserted")).first()[0] == table(spark, cfg, "transactions").count() == 2

@@ -58,7 +58,7 @@ TRANSACTION_PROPERTIES = {
 }
 RUN_LOG_SCHEMA = (
     "run_id STRING, job STRING, source STRING, rows_read LONG, duplicates LONG, accepted LONG, "
-    "quarantined LONG, inserted LONG, logged_at TIMESTAMP"
+    "quarantined LONG, inserted LONG, logged_at TIMESTAMP, repaired_by STRING"
 )
 AMOUNT_QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)
 
@@ -275,6 +275,27 @@ def data_profile(flagged: DataFrame) -> DataFrame:
     )  # fmt: skip
 
 
+def with_zero_rows(sources: list[str]) -> Callable[[DataFrame], DataFrame]:
+    """The data profile with a row for each of ``sources`` it lacks (a source of empty
+    or header-only files has no rows to group): zero counts, and no rates, dates or
+    quantiles, which would be made up."""
+
+    def transform(profile: DataFrame) -> DataFrame:
+        names = profile.sparkSession.createDataFrame([(name,) for name in sources], f"{c.SOURCE} STRING")
+        counts = ("rows", "accepted", "quarantined", "distinct_customers", "extreme_rows")
+        zeros = names.join(profile, on=c.SOURCE, how="left_anti").select(
+            *[
+                F.lit(0).cast(profile.schema[col].dataType).alias(col) if col in counts
+                else F.col(col) if col == c.SOURCE
+                else F.lit(None).cast(profile.schema[col].dataType).alias(col)
+                for col in profile.columns
+            ]
+        )  # fmt: skip
+        return profile.unionByName(zeros)
+
+    return transform
+
+
 def stored_counts(ids: DataFrame, table: DataFrame, run_id: str) -> DataFrame:
     """Per source: how many of ``ids`` (txn_id, source) the table holds, and how many of
     those this run inserted."""
@@ -357,14 +378,18 @@ def run(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime | None =
     # nothing would leave an empty, unreferenced file there.
     no_accepted = sum(s.accepted for s in counts.values()) == 0
     no_quarantined = sum(s.quarantined for s in counts.values()) == 0
-    loaded = io.insert_new(spark, accepted, transactions, [c.TXN_ID], TRANSACTION_PROPERTIES, no_accepted)
-    # A row quarantined before (say, as future-dated) and accepted now leaves
-    # quarantine, so that no row is ever in both tables.
-    io.delete_matching(spark, accepted.select(c.TXN_ID), quarantine, [c.TXN_ID], no_accepted)
-    loaded_q = io.insert_new(spark, quarantined, quarantine, [c.TXN_ID], known_empty=no_quarantined)
+    # The loads' commits carry the run id: should the run die before its run-log row is
+    # written, the next run finds them and logs what they loaded (_unlogged_loads).
+    with io.commits_tagged(spark, run_id):
+        loaded = io.insert_new(spark, accepted, transactions, [c.TXN_ID], TRANSACTION_PROPERTIES, no_accepted)
+        # A row quarantined before (say, as future-dated) and accepted now leaves
+        # quarantine, so that no row is ever in both tables.
+        io.delete_matching(spark, accepted.select(c.TXN_ID), quarantine, [c.TXN_ID], no_accepted)
+        loaded_q = io.insert_new(spark, quarantined, quarantine, [c.TXN_ID], known_empty=no_quarantined)
     counts = _check_stored(spark, counts, flagged, (transactions, loaded), (quarantine, loaded_q), run_id)
     with progress.stage("ingest: data profile"):
-        io.overwrite(data_profile(flagged), io.table_ref(cfg.storage, cfg.tables.profile))
+        profile = data_profile(flagged).transform(with_zero_rows([src.name for src in cfg.sources]))
+        io.overwrite(profile, io.table_ref(cfg.storage, cfg.tables.profile))
 
     all_counts = sorted([*counts.values(), *empty], key=lambda s: s.source)
     _write_run_log(spark, cfg, run_id, all_counts, now)
@@ -450,8 +475,56 @@ def log_artifact(spark: SparkSession, cfg: Config, run_id: str, job: str, path: 
 
 
 def _write_run_log(spark: SparkSession, cfg: Config, run_id: str, counts: list[SourceCounts], now: dt.datetime) -> None:
+    """This run's rows, and in the same commit those of earlier runs whose loads
+    committed but whose run-log rows never did (so that ``sum(inserted)`` over the run
+    log always equals the rows in transactions)."""
     rows = [
-        (run_id, "ingest", s.source, s.rows_read, s.duplicates, s.accepted, s.quarantined, s.inserted, now)
+        (run_id, "ingest", s.source, s.rows_read, s.duplicates, s.accepted, s.quarantined, s.inserted, now, None)
         for s in counts
     ]
-    io.append(spark.createDataFrame(rows, RUN_LOG_SCHEMA), io.table_ref(cfg.storage, cfg.tables.run_log))
+    rows += _unlogged_loads(spark, cfg, run_id, now)
+    # Keyed, not appended: another ingest running at the same time may log this run's
+    # loads as unlogged before this run logs them itself. Its rows are then replaced by
+    # this run's, and a run logged already is never logged again.
+    io.upsert(
+        spark,
+        spark.createDataFrame(rows, RUN_LOG_SCHEMA),
+        io.table_ref(cfg.storage, cfg.tables.run_log),
+        keys=(c.RUN_ID, "job", c.SOURCE),
+        replace_when="s.repaired_by IS NULL",
+    )
+
+
+def _unlogged_loads(spark: SparkSession, cfg: Config, run_id: str, now: dt.datetime) -> list[tuple]:
+    """Run-log rows for the runs whose loads committed without a run-log row (the run
+    was killed in between): per source, the rows each holds in transactions (inserted)
+    and in quarantine, read back from the tables; what it read and found duplicated died
+    with it (null). Only the tags of the tables' commits and the files of those runs are
+    read, which data skipping on run_id finds."""
+    transactions = io.table_ref(cfg.storage, cfg.tables.transactions)
+    quarantine = io.table_ref(cfg.storage, cfg.tables.quarantine)
+    run_log = io.table_ref(cfg.storage, cfg.tables.run_log)
+    loaded = (io.commit_tags(spark, transactions) | io.commit_tags(spark, quarantine)) - {run_id}
+    if not loaded:
+        return []
+    logged = set()
+    if io.exists(spark, run_log):
+        ingests = io.read(spark, run_log).where(F.col("job") == "ingest")
+        logged = {row[c.RUN_ID] for row in ingests.select(c.RUN_ID).distinct().collect()}
+    unlogged = sorted(loaded - logged)
+    if not unlogged:
+        return []
+
+    def held(ref: io.TableRef) -> dict[tuple[str, str], int]:
+        if not io.exists(spark, ref):
+            return {}
+        rows = io.read(spark, ref).where(F.col(c.RUN_ID).isin(unlogged)).groupBy(c.RUN_ID, c.SOURCE).count()
+        return {(r[c.RUN_ID], r[c.SOURCE]): r["count"] for r in rows.collect()}
+
+    inserted, quarantined = held(transactions), held(quarantine)
+    log.warning("run log: runs %s loaded rows but were stopped before logging them; logged now", ", ".join(unlogged))
+    return [
+        (run, "ingest", source, None, None, None, quarantined.get((run, source), 0), inserted.get((run, source), 0),
+         now, run_id)
+        for run, source in sorted(inserted.keys() | quarantined.keys())
+    ]  # fmt: skip

@@ -10,12 +10,13 @@ plugin on the server, while SQL works on any session with Delta.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -295,6 +296,23 @@ def _insert_new(
     return _loaded(commit, ("MERGE",), "numSourceRows", "numTargetRowsInserted")
 
 
+def upsert(spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str], replace_when: str) -> None:
+    """Insert the rows whose ``keys`` the table does not hold, and replace those it holds
+    where the SQL condition ``replace_when`` (on ``s``, the new row, and ``t``) holds; the
+    first write creates the table. One commit: two writers of the same keys conflict,
+    and the later one, done again, sees the other's rows."""
+
+    def write() -> None:
+        if not exists(spark, ref):
+            _save(df, ref, "error")
+            return
+        condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+        clauses = [f"WHEN MATCHED AND ({replace_when}) THEN UPDATE SET *", "WHEN NOT MATCHED THEN INSERT *"]
+        merge(spark, df, ref, condition, clauses, schema_evolution=True)
+
+    retried_on_conflict(ref, write)
+
+
 def delete_matching(
     spark: SparkSession, df: DataFrame, ref: TableRef, keys: Sequence[str], known_empty: bool = False
 ) -> None:
@@ -304,3 +322,28 @@ def delete_matching(
         return
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     retried_on_conflict(ref, lambda: merge(spark, df, ref, condition, ["WHEN MATCHED THEN DELETE"]))
+
+
+# --------------------------------------------------------------------------- tagged commits
+
+_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+
+
+@contextlib.contextmanager
+def commits_tagged(spark: SparkSession, tag: str) -> Iterator[None]:
+    """Every Delta commit of the session inside the block records ``tag`` as its
+    ``userMetadata`` (DESCRIBE HISTORY shows it), so that a later run can find the
+    commits of a run that died before it logged them."""
+    spark.conf.set(_USER_METADATA, tag)
+    try:
+        yield
+    finally:
+        spark.conf.unset(_USER_METADATA)
+
+
+def commit_tags(spark: SparkSession, ref: TableRef) -> set[str]:
+    """The tags of the table's commits still in its history (none if there is no table)."""
+    if not exists(spark, ref):
+        return set()
+    history = spark.sql(f"DESCRIBE HISTORY {sql_name(ref)}").where("userMetadata IS NOT NULL")
+    return {row["userMetadata"] for row in history.select("userMetadata").distinct().collect()}
