@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
+    package_data={"custseg": ["log4j2.properties"]},
     python_requires=">=3.11",
     # Ranges here; the exact, tested pins are in requirements.txt.
     install_requires=[

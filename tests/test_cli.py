@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from delta.tables import DeltaTable
 
+from custseg import cli as custseg_cli
 from custseg import io, standalone
 from custseg.config import StorageConfig
 from tests.conftest import CONF, JVM_OPTIONS, ROOT, TEST_SETTINGS
@@ -323,3 +324,42 @@ def test_cli_config_error_with_a_secret_names_the_reference_in_one_line(tmp_path
     errors = [line for line in everything.splitlines() if " ERROR custseg: " in line]
     assert len(errors) == 1 and errors[0].endswith("--set: segment.k_max: expected an integer, got '${MY_SECRET}'")
     assert SECRET not in everything and "Traceback" not in everything
+
+
+def test_cli_csv_file_with_columns_in_another_order_prints_one_line_and_no_java_trace(tmp_path):
+    lake = tmp_path / "data" / "lake"
+    write_raw(lake, "pos/a.csv", POS_HEADER + b"P1,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01\n" * 3)
+    swapped = write_raw(
+        lake, "pos/b.csv", POS_HEADER.replace(b"qty,unit_price", b"unit_price,qty") + b"P2,1,0042,SKU1,9.99,1,x,S1\n"
+    )
+    write_raw(lake, "web/empty.jsonl", b"")
+    sources = [str(CONF / "sources" / "demo_pos.yaml"), str(CONF / "sources" / "demo_web.yaml")]
+    settings = [*TEST_SETTINGS, f"ingest.sources={sources}", f"spark.conf.spark.driver.extraJavaOptions={JVM_OPTIONS}"]
+    args = ["ingest", "--config", str(CONF / "base.yaml"), "--config", str(CONF / "local.yaml")]
+
+    run = cli(*args, *[a for s in settings for a in ("--set", s)], cwd=tmp_path)
+    everything = run.stdout + run.stderr
+    assert run.returncode == 2, everything[-3000:]
+    errors = [line for line in everything.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"{swapped.resolve()}: its header is not the source's" in errors[0], everything[-3000:]
+    # The executor's and the scheduler's copies of the failed task's trace are not printed.
+    assert "\tat " not in everything and "Exception in task" not in everything, everything[-3000:]
+
+
+def test_print_profile_shows_a_source_without_rows_with_dashes(capsys):
+    when = dt.datetime(2024, 3, 1, 10)
+    web = {"source": "web", "rows": 1, "accepted": 1, "quarantined": 0, "null_rate_customer_id": 0.0,
+           "distinct_customers": 1, "first_event_ts": when, "last_event_ts": when, "amount_p50": 2.0,
+           "amount_p99": 2.0, "return_share": 0.0, "extreme_rows": 0}  # fmt: skip
+    empty = {**dict.fromkeys(web), "source": "pos", "rows": 0, "accepted": 0, "quarantined": 0,
+             "distinct_customers": 0, "extreme_rows": 0}  # fmt: skip
+    custseg_cli.print_profile([empty, web])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[2].split() == ["pos", "0", "0", "0", "-", "0", "-", "-", "-", "-", "-", "0"]
+    assert lines[3].split() == ["web", "1", "1", "0", "0.0", "1", "2024-03-01", "2024-03-01", "2.0", "2.0", "0.0", "0"]
+    assert "NaN" not in "".join(lines) and "None" not in "".join(lines)
+
+
+def test_print_profile_of_no_rows_says_so(capsys):
+    custseg_cli.print_profile([])
+    assert capsys.readouterr().out == "\nData profile: no rows read this run\n"

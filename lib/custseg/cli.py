@@ -92,11 +92,15 @@ PROFILE_SUMMARY = (
 
 def print_profile(profile: list[dict]) -> None:
     """The short version of the data profile table: one line per source, and ALL."""
+    if not profile:
+        print("\nData profile: no rows read this run")
+        return
     table = pd.DataFrame(profile, columns=list(PROFILE_SUMMARY))
     for col in ("first_event_ts", "last_event_ts"):
         table[col] = pd.to_datetime(table[col]).dt.strftime("%Y-%m-%d")
-    print("\nData profile (rows read this run, duplicates excluded; amounts of accepted purchases):")
-    print(table.to_string(index=False))
+    print("\nData profile (rows read this run, duplicates excluded; amounts of accepted purchases; -: no rows):")
+    # A source of empty files has no dates, amounts or rates: a dash, not NaN or None.
+    print(table.astype(object).where(table.notna(), "-").to_string(index=False))
 
 
 def run_features(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
@@ -300,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_id = args.run_id or new_run_id()
         log.info("custseg %s %s, run %s", __version__, args.command, run_id)
         log_config(cfg, files)
-        spark = get_spark(cfg.spark)
+        spark = get_spark(cfg.spark, quiet_tasks=not args.debug)
         with garbage_collected_at_the_end(spark):
             if args.command in COMPOSITE:
                 STAGES[args.command][0](spark, cfg, run_id)

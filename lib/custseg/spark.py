@@ -164,11 +164,19 @@ def remote_url(cfg: SparkConfig) -> tuple[str | None, str]:
     return None, ""
 
 
-def session_conf(cfg: SparkConfig) -> dict[str, str]:
+# Spark's log configuration with a failed task's repeated Java trace left out; for a JVM
+# this process starts (a local master). Not in a zip of the package: a file is needed.
+QUIET_LOG4J = Path(__file__).with_name("log4j2.properties")
+
+
+def session_conf(cfg: SparkConfig, quiet_tasks: bool = True) -> dict[str, str]:
     """Everything the builder sets, as plain settings (kept separate for tests and logs).
 
     For a remote Connect server (``sc://``) these are wishes: ``get_spark`` sets only
-    those the server lets a client change, and leaves out the local Delta jars."""
+    those the server lets a client change, and leaves out the local Delta jars.
+
+    ``quiet_tasks``: in a JVM started here, a failed task's trace is not logged by the
+    executor and the scheduler (the job's error says it once); off for ``--debug``."""
     conf: dict[str, str] = {
         **_DELTA_CONF,
         "spark.sql.adaptive.enabled": "true",
@@ -188,6 +196,12 @@ def session_conf(cfg: SparkConfig) -> dict[str, str]:
         # Progress bars help on a terminal and clutter CI logs and files.
         conf["spark.ui.showConsoleProgress"] = str(sys.stderr.isatty() and not os.environ.get("CI")).lower()
     conf.update(cfg.conf)
+    if quiet_tasks and _is_local(cfg) and QUIET_LOG4J.is_file():
+        # Read by the JVM only when this process starts it (not under spark-submit).
+        option = f"-Dlog4j2.configurationFile={QUIET_LOG4J.as_uri()}"
+        conf["spark.driver.extraJavaOptions"] = " ".join(
+            filter(None, (conf.get("spark.driver.extraJavaOptions"), option))
+        )
     return conf
 
 
@@ -212,7 +226,7 @@ def _shuffle_partitions(cfg: SparkConfig) -> int:
     return 200
 
 
-def get_spark(cfg: SparkConfig) -> SparkSession:
+def get_spark(cfg: SparkConfig, quiet_tasks: bool = True) -> SparkSession:
     """Build (or reuse) the session. The master comes from config only when config sets
     one; otherwise spark-submit or the platform has already decided it. With
     ``spark.remote`` (or ``$SPARK_REMOTE``) the session is a Spark Connect client instead,
@@ -221,7 +235,7 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     remote, origin = remote_url(cfg)
     if remote:
         check_connect_server(remote, origin)
-        return _connect_session(cfg, remote, origin)
+        return _connect_session(cfg, remote, origin, quiet_tasks)
     if _is_local(cfg):
         # A laptop's hostname often resolves to loopback; say so instead of warning.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -229,15 +243,15 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     builder = SparkSession.builder.appName(cfg.app_name)
     if cfg.master:
         builder = builder.master(cfg.master)
-    for key, value in session_conf(cfg).items():
+    for key, value in session_conf(cfg, quiet_tasks).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     log.info("Spark %s session ready (master %s)", spark.version, spark.conf.get("spark.master", "?"))
     return spark
 
 
-def _connect_session(cfg: SparkConfig, remote: str, origin: str) -> SparkSession:
-    conf = session_conf(cfg)
+def _connect_session(cfg: SparkConfig, remote: str, origin: str, quiet_tasks: bool) -> SparkSession:
+    conf = session_conf(cfg, quiet_tasks)
     builder = SparkSession.builder.remote(remote)
     if _is_local(cfg):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
