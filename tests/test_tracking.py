@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import http.server
 import logging
 import math
+import socket
+import threading
 import time
 
 import mlflow
@@ -120,6 +123,38 @@ def test_unreachable_tracking_server_is_one_bounded_warning_without_the_secret(t
                     "are complete"),
     ]  # fmt: skip
     assert "s3cr3t-Zq9x-7731" not in caplog.text
+
+
+def test_tracking_server_that_accepts_and_never_answers_is_one_bounded_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as server:  # the kernel accepts; nobody reads or answers
+        port = server.getsockname()[1]
+        cfg = make_config(tmp_path, "mlflow.enabled=true", f"mlflow.tracking_uri=http://127.0.0.1:{port}")
+        started = time.monotonic()
+        try:
+            with caplog.at_level(logging.INFO, logger="custseg.tracking"):
+                assert tracking.log_segment_run(cfg, "r1", None, dt.date(2025, 1, 1), None, None) is None
+        finally:
+            mlflow.set_tracking_uri(None)
+    assert time.monotonic() - started < 10
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"mlflow: could not log run r1 (TrackingServerUnreachable: tracking server "
+                    f"http://127.0.0.1:{port} accepted a connection but did not answer within 3 s); the Delta "
+                    "tables are complete"),
+    ]  # fmt: skip
+
+
+def test_tracking_server_check_passes_on_any_http_answer(tmp_path):
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the handler's name)
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.HTTPServer(("127.0.0.1", 0), NotFound) as server:
+        threading.Thread(target=server.handle_request, daemon=True).start()
+        tracking.check_server(f"http://127.0.0.1:{server.server_address[1]}/prefix")
 
 
 def test_segment_params_are_redacted(tmp_path, monkeypatch):

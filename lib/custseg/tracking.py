@@ -20,11 +20,11 @@ client would retry for minutes); params are masked by ``redaction.redact``.
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import importlib.util
 import logging
 import math
 import os
-import socket
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -56,18 +56,42 @@ def tracking_uri(cfg: Config) -> str | None:
 
 def check_server(uri: str | None, timeout: float = SERVER_CONNECT_TIMEOUT) -> None:
     """Raise TrackingServerUnreachable when an http(s) tracking server does not accept a
-    TCP connection within ``timeout``. Local stores (sqlite:, file:, a path) and
+    TCP connection within ``timeout``, or accepts one and sends no HTTP answer (any
+    status will do) within ``timeout`` (a proxy or a stalled server, where mlflow's
+    client would wait minutes per call). Local stores (sqlite:, file:, a path) and
     ``databricks`` are not checked."""
     if not uri or not uri.startswith(("http://", "https://")):
         return
     parts = urllib.parse.urlsplit(uri)
     try:
         host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-        with socket.create_connection((host, port), timeout=timeout):
-            return
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    raise TrackingServerUnreachable(f"tracking server {redact(uri)} is not reachable ({reason})")
+        connection = (http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection)(
+            host, port, timeout=timeout
+        )
+        try:
+            connection.connect()
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise TrackingServerUnreachable(f"tracking server {redact(uri)} is not reachable ({reason})") from None
+        try:
+            connection.request("GET", (parts.path.rstrip("/") or "") + "/health")
+            connection.getresponse().read()
+        except TimeoutError:
+            raise TrackingServerUnreachable(
+                f"tracking server {redact(uri)} accepted a connection but did not answer within {timeout:g} s"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise TrackingServerUnreachable(
+                f"tracking server {redact(uri)} did not answer over HTTP ({reason})"
+            ) from None
+        finally:
+            connection.close()
+    except ValueError as exc:  # a port that is not a number
+        raise TrackingServerUnreachable(f"tracking server {redact(uri)} is not reachable ({exc})") from None
+    # Each of mlflow's requests would otherwise wait up to 120 s, retried 7 times.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 
 
 def _mlflow(cfg: Config):
