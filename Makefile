@@ -60,13 +60,13 @@ package: $(STAMP)
 	@echo "dist/custseg.zip: spark-submit --py-files dist/custseg.zip jobs/run.py --config conf/base.yaml --config conf/cluster.yaml"
 
 # The demo on a real Spark standalone cluster on this machine: a master and two workers
-# (1 core, 1g each) on 127.0.0.1 and free ports, started by custseg.standalone, which
+# (1 core, 1g each) on 127.0.0.1 and free ports, started by custseg.demo.standalone, which
 # stops them however the job ends. spark-submit runs jobs/demo.py (generate the demo
 # sources on the cluster, then the whole pipeline) as in production: the package zip,
 # the Delta jars, conf/cluster.yaml.
 cluster-demo: setup package
 	PATH=$(abspath $(VENV))/bin:$$PATH PYSPARK_PYTHON=$(abspath $(PY)) \
-	$(PY) -m custseg.standalone run --work-dir $(CLUSTER)/spark --workers 2 --cores 1 --memory 1g -- \
+	$(PY) -m custseg.demo.standalone run --work-dir $(CLUSTER)/spark --workers 2 --cores 1 --memory 1g -- \
 	  spark-submit --master {master} --py-files dist/custseg.zip --jars "$$(ls .cache/jars/*.jar | paste -sd, -)" \
 	  jobs/demo.py --config conf/base.yaml --config conf/cluster.yaml \
 	  --set storage.root=$(CLUSTER)/lake --set segment.model_dir=$(CLUSTER)/models \

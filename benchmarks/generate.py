@@ -14,7 +14,7 @@ The layout is a typical order-line export (``conf/sources/bench.yaml`` maps it):
 * About 1.1% of lines are bad in one way our ingest quarantines: no customer id, zero
   quantity, a zero price, or a timestamp in 2099.
 
-Every draw is a hash of (seed, purpose, row keys), as in ``custseg.datagen``, so the
+Every draw is a hash of (seed, purpose, row keys), as in ``custseg.demo.datagen``, so the
 data depends only on N and the seed, never on partitioning. No Python UDF, nothing
 collected but one row of counts for the manifest. A size is generated once: a later
 run reuses ``data/bench/<N>/raw/`` when ``manifest.json`` beside it matches.

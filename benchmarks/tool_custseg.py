@@ -1,11 +1,11 @@
 """Our pipeline on the benchmark data, one timed stage at a time, in one SparkSession
 built by ``custseg.spark.get_spark``.
 
-Consolidation is ``ingest.run`` and RFM is ``features.run``, as the jobs call them. The
-segment job (``model.run``) does scaling and PCA, the k sweep, the final fit and the
+Consolidation is ``ingest_job.run`` and RFM is ``features_job.run``, as the jobs call them. The
+segment job (``segment_job.run``) does scaling and PCA, the k sweep, the final fit and the
 label write in one call, so they are timed here by calling, in the same order, the
-functions ``model.fit`` and ``model.run`` call: ``model.prepare``, ``model.sweep``,
-``model.finish``, then the records and ``model.save_labels``.
+functions ``model.fit`` and ``segment_job.run`` call: ``model.prepare``, ``model.sweep``,
+``model.finish``, then the records and ``segment_job.save_labels``.
 The stability refits and mlflow are off (conf/bench.yaml): they are not stages of
 issue 6.
 
@@ -34,8 +34,13 @@ from pyspark.sql import functions as F
 
 from benchmarks import common
 from custseg import columns as c
-from custseg import features, history, ingest, io, model
+from custseg import io
 from custseg.config import Config, load_config
+from custseg.features import job as features_job
+from custseg.features import rfm
+from custseg.ingest import job as ingest_job
+from custseg.segment import history, model, persist
+from custseg.segment import job as segment_job
 from custseg.spark import get_spark
 
 RUN_ID = "bench"
@@ -82,14 +87,14 @@ def final_fit(
     spark: SparkSession, cfg: Config, feats: DataFrame, as_of: dt.date, prepared: model.Prepared, swept
 ) -> tuple[PipelineModel, model.SegmentResult]:
     """Choose k, number the segments and save the model (``model.finish``), then record
-    the sweep and the model, as ``model.run`` does before any label is written."""
+    the sweep and the model, as ``segment_job.run`` does before any label is written."""
     try:
         fitted, result = model.finish(feats, cfg, prepared, swept, RUN_ID)  # a fresh lake: no model to match
     finally:
         prepared.unpersist()
     fitted_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    io.append(model.sweep_frame(spark, result, cfg, RUN_ID, as_of), io.table_ref(cfg.storage, cfg.tables.k_sweep))
-    record = model.model_record(spark, result, cfg, RUN_ID, as_of, fitted_at, model.data_range(feats))
+    io.append(persist.sweep_frame(spark, result, cfg, RUN_ID, as_of), io.table_ref(cfg.storage, cfg.tables.k_sweep))
+    record = persist.model_record(spark, result, cfg, RUN_ID, as_of, fitted_at, persist.data_range(feats))
     io.append(record, io.table_ref(cfg.storage, cfg.tables.models))
     return fitted, result
 
@@ -99,7 +104,7 @@ def write_labels(
 ) -> history.HistoryChange:
     """Label every customer and write the labels, their history and migrations."""
     labels = model.label(fitted, feats, cfg, version, k, RUN_ID)
-    return model.save_labels(spark, labels, cfg, RUN_ID)
+    return segment_job.save_labels(spark, labels, cfg, RUN_ID)
 
 
 def rfm_core(spark: SparkSession, cfg: Config, as_of: dt.date, out: Path) -> None:
@@ -108,7 +113,7 @@ def rfm_core(spark: SparkSession, cfg: Config, as_of: dt.date, out: Path) -> Non
     prunes the unused aggregates, so the gap between this and the RFM stage is the cost
     of the other features, the RFM scores and the Delta write."""
     txns = io.read(spark, io.table_ref(cfg.storage, cfg.tables.transactions))
-    core = txns.transform(features.customer_features(as_of)).select(*RFM_CORE)
+    core = txns.transform(rfm.customer_features(as_of)).select(*RFM_CORE)
     core.write.mode("overwrite").parquet(str(out))
 
 
@@ -135,11 +140,11 @@ def run(rec: common.Recorder, raw: Path, work: Path, transactions: int, override
                       "master": spark.conf.get("spark.master")})  # fmt: skip
     with rec.stage("total", rows=transactions, kind=common.TOTAL):
         with rec.stage("consolidate", rows=transactions):
-            ingested = ingest.run(spark, cfg, RUN_ID, now=INGEST_NOW)
+            ingested = ingest_job.run(spark, cfg, RUN_ID, now=INGEST_NOW)
         with rec.stage("rfm", rows=transactions):
-            as_of = features.run(spark, cfg)
+            as_of = features_job.run(spark, cfg)
         with rec.stage("scale_pca") as stage:
-            feats, _ = model.read_features(spark, cfg)
+            feats, _ = segment_job.read_features(spark, cfg)
             prepared = model.prepare(feats, cfg)
             stage["rows"] = prepared.customers
         with rec.stage("k_sweep", rows=prepared.customers):

@@ -110,7 +110,7 @@ def sweep(x, spec: dict[str, Any], sample: int) -> list[dict[str, float]]:
 
 def choose_k(points: list[dict[str, float]], tolerance: float) -> int:
     """The benchmark's rule (conf/bench.yaml: segment.selection silhouette, as
-    custseg.evaluate.silhouette_k), restated here to keep pyspark
+    custseg.segment.evaluate.silhouette_k), restated here to keep pyspark
     out of this process: the smallest k within ``tolerance`` of the best silhouette."""
     best = max(p["silhouette"] for p in points)
     return min(p["k"] for p in points if p["silhouette"] >= best - tolerance)

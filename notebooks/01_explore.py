@@ -20,8 +20,10 @@
 
 # COMMAND ----------
 
-from custseg import cli, datagen, eda
+from custseg import cli
 from custseg.config import MODEL_FEATURES
+from custseg.demo import datagen
+from custseg.insights import eda
 from custseg.notebook import Notebook
 
 nb = Notebook(globals(), {"generate_demo_data": "true"})

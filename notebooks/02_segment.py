@@ -12,7 +12,8 @@
 
 from pyspark.sql import functions as F
 
-from custseg import cli, report
+from custseg import cli
+from custseg.insights import plots
 from custseg.notebook import Notebook
 
 nb = Notebook(globals())
@@ -42,7 +43,7 @@ cli.run_stage("segment", spark, cfg, run_id)
 sweep = nb.table("k_sweep").where(F.col("run_id") == run_id).orderBy("k").toPandas()  # one row per k
 nb.show(sweep, "k sweep")
 chosen_k = int(sweep.loc[sweep["chosen"], "k"].iloc[0])
-nb.plot("k_sweep", report.plot_k_sweep(sweep, chosen_k))
+nb.plot("k_sweep", plots.plot_k_sweep(sweep, chosen_k))
 
 # COMMAND ----------
 

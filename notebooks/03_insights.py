@@ -11,7 +11,9 @@
 
 # COMMAND ----------
 
-from custseg import cli, report
+from custseg import cli
+from custseg.insights import job as insights_job
+from custseg.insights import plots, report
 from custseg.notebook import Notebook
 
 nb = Notebook(globals())
@@ -42,8 +44,8 @@ names = dict(zip(segments["segment_id"], segments["segment_name"], strict=True))
 
 # COMMAND ----------
 
-nb.plot("segment_profiles", report.plot_feature_heatmap(report.rank_matrix(features), names))
-nb.plot("segment_sizes", report.plot_segment_sizes(segments))
+nb.plot("segment_profiles", plots.plot_feature_heatmap(report.rank_matrix(features), names))
+nb.plot("segment_sizes", plots.plot_segment_sizes(segments))
 
 # COMMAND ----------
 
@@ -55,5 +57,5 @@ nb.plot("segment_sizes", report.plot_segment_sizes(segments))
 
 # COMMAND ----------
 
-result = report.run(spark, cfg)
+result = insights_job.run_report(spark, cfg)
 print(f"report: {result.path}")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
-from custseg import datagen, standalone
 from custseg.cli import run_all
 from custseg.config import Config, load_config
+from custseg.demo import datagen, standalone
 from custseg.spark import get_spark
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,8 +16,9 @@ import pytest
 from delta.tables import DeltaTable
 
 from custseg import cli as custseg_cli
-from custseg import io, standalone
+from custseg import io
 from custseg.config import StorageConfig
+from custseg.demo import standalone
 from tests.conftest import CONF, JVM_OPTIONS, ROOT, TEST_SETTINGS
 from tests.test_e2e import run_cli
 

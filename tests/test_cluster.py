@@ -25,7 +25,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
 from custseg import columns as c
-from custseg import standalone
+from custseg.demo import standalone
 from custseg.spark import delta_jars
 from tests.conftest import CONF, DEMO_LAKE_SETTINGS, JVM_OPTIONS, ROOT
 

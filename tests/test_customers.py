@@ -12,10 +12,11 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
 from custseg import columns as c
-from custseg import customers, model
 from custseg.config import ConfigError, CustomerSourceConfig, load_customer_source
-from custseg.evaluate import adjusted_rand_index
-from custseg.features import with_attributes
+from custseg.features.rfm import with_attributes
+from custseg.ingest import customers
+from custseg.segment import preprocess
+from custseg.segment.evaluate import adjusted_rand_index
 from tests.conftest import CONF, ROOT
 from tests.test_e2e import run_cli
 
@@ -92,7 +93,7 @@ def test_categorical_feature_is_one_hot_encoded_and_unseen_values_score_as_zeros
     train = spark.createDataFrame(
         [("a", "Male"), ("b", "Female"), ("c", "Female")], "customer_id STRING, gender STRING"
     )
-    fitted = model.preprocessing(seg, categorical=["gender"]).fit(train)
+    fitted = preprocess.preprocessing(seg, categorical=["gender"]).fit(train)
     score = spark.createDataFrame([("d", "Female"), ("e", "Male"), ("f", "Other")], "customer_id STRING, gender STRING")
     onehot = fitted.transform(score).select("customer_id", vector_to_array("in_gender").alias("v"))
     # alphabetical: Female is position 0, Male 1; an unseen value has no position

@@ -6,8 +6,9 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from custseg import cli, datagen
+from custseg import cli
 from custseg.config import ConfigError, load_config
+from custseg.demo import datagen
 from tests.conftest import CONF, make_config
 
 

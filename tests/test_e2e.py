@@ -9,9 +9,9 @@ from chispa import assert_df_equality
 from delta.tables import DeltaTable
 
 from custseg import columns as c
-from custseg import datagen
 from custseg.cli import main
-from custseg.evaluate import adjusted_rand_index
+from custseg.demo import datagen
+from custseg.segment.evaluate import adjusted_rand_index
 from tests.conftest import CONF, TEST_SETTINGS
 
 CUSTOMERS = 400

@@ -7,7 +7,7 @@ import datetime as dt
 import pandas as pd
 from chispa import assert_df_equality
 
-from custseg import eda
+from custseg.insights import eda
 
 TXN_SCHEMA = "customer_id STRING, invoice_id STRING, txn_type STRING, event_ts TIMESTAMP, amount DOUBLE"
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from custseg.evaluate import SweepPoint, adjusted_rand_index, cluster_indices, elbow_k, silhouette_k
+from custseg.segment.evaluate import SweepPoint, adjusted_rand_index, cluster_indices, elbow_k, silhouette_k
 
 
 def test_adjusted_rand_index_worked_example(spark):
@@ -81,7 +81,7 @@ def test_cluster_indices_hold_at_scales_whose_centroids_print_in_exponent_form(s
 
 
 def test_sql_double_literal_is_exact_and_refuses_non_finite_values():
-    from custseg.evaluate import _double
+    from custseg.segment.evaluate import _double
 
     assert [_double(v) for v in (1e-05, -2.5, 3.0)] == ["(1e-05D)", "(-2.5D)", "(3.0D)"]
     with pytest.raises(ValueError, match="cluster statistics must be finite, got nan"):

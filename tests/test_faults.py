@@ -19,7 +19,7 @@ from chispa import assert_df_equality
 from delta.tables import DeltaTable
 
 from custseg import columns as c
-from custseg import standalone
+from custseg.demo import standalone
 from custseg.io import SLOW_WRITE_ENV
 from custseg.spark import MasterUnreachableError, check_master, get_spark
 from tests.conftest import make_config

@@ -7,8 +7,9 @@ import datetime as dt
 
 from chispa import assert_df_equality
 
-from custseg import ingest, io
+from custseg import io
 from custseg.config import load_source
+from custseg.ingest import job as ingest_job
 from tests.conftest import CONF, ROOT, make_config
 
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -23,7 +24,7 @@ LOG = "source STRING, rows_read LONG, duplicates LONG, accepted LONG, quarantine
 def ingest_example(spark, tmp_path, mapping: str, data_dir: str):
     src = dataclasses.replace(load_source(CONF / "sources" / mapping), path=str(DATA / data_dir))
     cfg = dataclasses.replace(make_config(tmp_path), sources=(src,))
-    ingest.run(spark, cfg, "run-1", now=NOW)
+    ingest_job.run(spark, cfg, "run-1", now=NOW)
     read = lambda name: io.read(spark, io.table_ref(cfg.storage, getattr(cfg.tables, name)))  # noqa: E731
     return read("transactions"), read("quarantine"), read("run_log"), cfg
 

@@ -8,14 +8,14 @@ from delta.tables import DeltaTable
 
 from custseg import io
 from custseg.config import StorageConfig
-from custseg.history import (
+from custseg.segment.history import (
     HistoryChange,
     current_labels,
     labels_as_of,
-    merge_history,
     migration_between_runs,
     migration_matrix,
 )
+from custseg.segment.job import merge_history
 
 LABELS = "customer_id STRING, segment_id INT, model_version STRING, as_of_date DATE"
 HISTORY = (

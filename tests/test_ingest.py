@@ -10,8 +10,10 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from custseg import ingest, io
-from custseg.sources import SourceError
+from custseg import io
+from custseg.ingest import job as ingest_job
+from custseg.ingest import quality
+from custseg.ingest.sources import SourceError
 from tests.conftest import make_config
 
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -49,7 +51,7 @@ def test_ingest_accepts_quarantines_and_reconciles(spark, tmp_path, caplog):
     cfg = make_config(tmp_path)
     write_sources(tmp_path / "raw")
     with caplog.at_level(logging.INFO, logger="custseg.progress"):
-        counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+        counts = ingest_job.run(spark, cfg, "run-1", now=NOW).counts
 
     assert all(s.balanced for s in counts)
     # the long steps between the source lines and the writes show their progress
@@ -91,12 +93,12 @@ def test_ingest_accepts_quarantines_and_reconciles(spark, tmp_path, caplog):
 def test_ingest_rerun_of_same_input_leaves_every_table_unchanged(spark, tmp_path):
     cfg = make_config(tmp_path)
     write_sources(tmp_path / "raw")
-    ingest.run(spark, cfg, "run-1", now=NOW)
+    ingest_job.run(spark, cfg, "run-1", now=NOW)
     names = ("transactions", "quarantine", "profile")
     refs = [io.table_ref(cfg.storage, getattr(cfg.tables, name)) for name in names]
     before = [(io.read(spark, ref).schema, io.read(spark, ref).collect()) for ref in refs]  # a few rows each
 
-    counts = ingest.run(spark, cfg, "run-2", now=NOW).counts
+    counts = ingest_job.run(spark, cfg, "run-2", now=NOW).counts
 
     for ref, (schema, rows) in zip(refs, before, strict=True):
         assert_df_equality(io.read(spark, ref), spark.createDataFrame(rows, schema), ignore_row_order=True)
@@ -108,14 +110,14 @@ def test_ingest_rerun_of_same_input_leaves_every_table_unchanged(spark, tmp_path
 def test_ingest_new_file_adds_only_its_rows(spark, tmp_path):
     cfg = make_config(tmp_path)
     write_sources(tmp_path / "raw")
-    ingest.run(spark, cfg, "run-1", now=NOW)
+    ingest_job.run(spark, cfg, "run-1", now=NOW)
     (tmp_path / "raw" / "pos" / "day2.csv").write_text(
         "receipt_no,line_no,loyalty_id,sku,qty,unit_price,sold_at,store_id\n"
         "P1,1,0042,SKU1,2,3.50,2024-06-01 10:00:00,S01\n"  # already loaded from day1
         "P9,1,0042,SKU1,1,3.50,2024-06-09 10:00:00,S01\n",
         encoding="utf-8",
     )
-    ingest.run(spark, cfg, "run-2", now=NOW)
+    ingest_job.run(spark, cfg, "run-2", now=NOW)
     txns = io.read(spark, io.table_ref(cfg.storage, cfg.tables.transactions))
     added = txns.where("run_id = 'run-2'").select("invoice_id")
     assert_df_equality(added, spark.createDataFrame([("P9",)], "invoice_id STRING"), ignore_nullable=True)
@@ -125,18 +127,18 @@ def test_ingest_missing_source_path_is_a_clear_error(spark, tmp_path):
     cfg = make_config(tmp_path)
     cfg = dataclasses.replace(cfg, sources=cfg.sources[:1])
     with pytest.raises(SourceError, match=r"source 'pos' \(.*demo_pos\.yaml\): cannot read"):
-        ingest.run(spark, cfg, "run-1", now=NOW)
+        ingest_job.run(spark, cfg, "run-1", now=NOW)
 
 
 def test_ingest_row_quarantined_as_future_moves_to_transactions_when_due(spark, tmp_path):
     cfg = make_config(tmp_path)
     write_sources(tmp_path / "raw")
-    ingest.run(spark, cfg, "run-1", now=dt.datetime(2024, 6, 2, 12, tzinfo=dt.UTC))
+    ingest_job.run(spark, cfg, "run-1", now=dt.datetime(2024, 6, 2, 12, tzinfo=dt.UTC))
     quarantine = io.table_ref(cfg.storage, cfg.tables.quarantine)
     future = io.read(spark, quarantine).where("reason = 'future_timestamp'").count()
     assert future > 0  # R1 (June 3) and the web orders (June 5, 6) were in the future then
 
-    ingest.run(spark, cfg, "run-2", now=NOW)
+    ingest_job.run(spark, cfg, "run-2", now=NOW)
     txn_ids = io.read(spark, io.table_ref(cfg.storage, cfg.tables.transactions)).select("txn_id")
     in_both = io.read(spark, quarantine).join(txn_ids, "txn_id", "inner").count()
     reasons = io.read(spark, quarantine).select("reason")
@@ -156,10 +158,10 @@ def test_ingest_rerun_after_crash_part_way_completes_without_duplicates(spark, t
     with monkeypatch.context() as patch:
         patch.setattr(io, "delete_matching", crash)
         with pytest.raises(RuntimeError, match="driver lost"):
-            ingest.run(spark, cfg, "run-1", now=NOW)
+            ingest_job.run(spark, cfg, "run-1", now=NOW)
     assert not io.exists(spark, io.table_ref(cfg.storage, cfg.tables.quarantine))
 
-    counts = ingest.run(spark, cfg, "run-2", now=NOW).counts
+    counts = ingest_job.run(spark, cfg, "run-2", now=NOW).counts
 
     txns = io.read(spark, io.table_ref(cfg.storage, cfg.tables.transactions))
     assert txns.count() == txns.select("txn_id").distinct().count() == 5
@@ -183,14 +185,14 @@ def test_ingest_fails_when_a_load_read_fewer_rows_than_were_meant_for_it(spark, 
         return dataclasses.replace(loaded, source_rows=loaded.source_rows - 1)
 
     monkeypatch.setattr(io, "insert_new", loses_a_row)
-    with pytest.raises(ingest.ReconciliationError, match=r"accepted 5, loaded into .*transactions 4"):
-        ingest.run(spark, cfg, "run-1", now=NOW)
+    with pytest.raises(quality.ReconciliationError, match=r"accepted 5, loaded into .*transactions 4"):
+        ingest_job.run(spark, cfg, "run-1", now=NOW)
 
 
 def test_ingest_keeps_the_original_row_of_quarantined_rows_only(spark, tmp_path):
     cfg = make_config(tmp_path)
     write_sources(tmp_path / "raw")
-    ingest.run(spark, cfg, "run-1", now=NOW)
+    ingest_job.run(spark, cfg, "run-1", now=NOW)
     quarantine = io.read(spark, io.table_ref(cfg.storage, cfg.tables.quarantine))
     expected = spark.createDataFrame(
         [("missing_customer_id", "G1"), ("unparseable_quantity", "P2")], "reason STRING, receipt_no STRING"

@@ -10,8 +10,10 @@ import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import functions as F
 
-from custseg import ingest, io
-from custseg.sources import SourceError
+from custseg import io
+from custseg.ingest import job as ingest_job
+from custseg.ingest import quality
+from custseg.ingest.sources import SourceError
 from tests.conftest import make_config
 
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -60,7 +62,7 @@ def test_ingest_broken_files_quarantine_with_reasons_never_crash(spark, tmp_path
     write(pos / "d_empty.csv", b"")
     write(pos / "e_latin1.csv", HEADER + b"P5,1,0042,CAF\xc9,1,3.50,2024-06-01 10:00:00,S01\n")
 
-    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+    counts = ingest_job.run(spark, cfg, "run-1", now=NOW).counts
 
     assert [(s.rows_read, s.accepted, s.quarantined, s.duplicates) for s in counts] == [(5, 1, 4, 0)]
     expected = spark.createDataFrame(
@@ -82,7 +84,7 @@ def test_ingest_missing_column_stops_before_reading_naming_file_and_key(spark, t
     cfg = pos_only(tmp_path)
     write(tmp_path / "raw" / "pos" / "old_layout.csv", b"receipt_no,line_no,loyalty_id,sku,qty,unit_price,sold_at\n")
     with pytest.raises(SourceError, match=r"demo_pos\.yaml: columns\.store: cannot resolve 'store_id'"):
-        ingest.run(spark, cfg, "run-1", now=NOW)
+        ingest_job.run(spark, cfg, "run-1", now=NOW)
     assert not io.exists(spark, io.table_ref(cfg.storage, cfg.tables.transactions))
 
 
@@ -90,7 +92,7 @@ def test_ingest_empty_source_is_logged_with_zero_rows(spark, tmp_path):
     cfg = make_config(tmp_path)
     write(tmp_path / "raw" / "pos" / "a.csv", HEADER + GOOD)
     write(tmp_path / "raw" / "web" / "empty.jsonl", b"")
-    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+    counts = ingest_job.run(spark, cfg, "run-1", now=NOW).counts
     assert [(s.source, s.rows_read, s.accepted) for s in counts] == [("pos", 1, 1), ("web", 0, 0)]
     assert_reconciled(spark, cfg)
 
@@ -98,8 +100,8 @@ def test_ingest_empty_source_is_logged_with_zero_rows(spark, tmp_path):
 def test_ingest_keep_duplicates_policy_keeps_every_copy_idempotently(spark, tmp_path):
     cfg = pos_only(tmp_path, "ingest.drop_duplicates=false")
     write(tmp_path / "raw" / "pos" / "a.csv", HEADER + GOOD + GOOD)
-    ingest.run(spark, cfg, "run-1", now=NOW)
-    ingest.run(spark, cfg, "run-2", now=NOW)
+    ingest_job.run(spark, cfg, "run-1", now=NOW)
+    ingest_job.run(spark, cfg, "run-2", now=NOW)
     assert table(spark, cfg, "transactions").count() == 2
     assert_reconciled(spark, cfg)
 
@@ -107,7 +109,7 @@ def test_ingest_keep_duplicates_policy_keeps_every_copy_idempotently(spark, tmp_
 def test_ingest_future_rows_accepted_when_policy_allows(spark, tmp_path):
     cfg = pos_only(tmp_path, "ingest.quarantine_future=false")
     write(tmp_path / "raw" / "pos" / "a.csv", HEADER + b"P9,1,0042,SKU1,1,3.50,2031-01-01 10:00:00,S01\n")
-    ingest.run(spark, cfg, "run-1", now=NOW)
+    ingest_job.run(spark, cfg, "run-1", now=NOW)
     assert table(spark, cfg, "transactions").count() == 1
 
 
@@ -116,7 +118,7 @@ def test_flag_extremes_marks_amounts_beyond_the_far_fence(spark):
     # so the fence is log1p(10) itself; only the outlier is beyond it.
     rows = [("pos", 10.0, None, False)] * 9 + [("pos", 100000.0, None, False), ("pos", 5e6, "bad", False)]
     df = spark.createDataFrame(rows, "source STRING, amount DOUBLE, reason STRING, is_duplicate BOOLEAN")
-    flagged = df.transform(ingest.flag_extremes(3.0)).select("amount", "is_extreme")
+    flagged = df.transform(quality.flag_extremes(3.0)).select("amount", "is_extreme")
     expected = spark.createDataFrame(
         [(10.0, False)] * 9 + [(100000.0, True), (5e6, True)], "amount DOUBLE, is_extreme BOOLEAN"
     )
@@ -131,7 +133,7 @@ def test_nearest_rank_quantiles_of_counted_values(spark):
         [("a", 2.0, 2), ("a", 5.0, 1), ("a", 1.0, 1), ("a", 3.0, 1), ("b", None, 4)],
         "source STRING, v DOUBLE, n LONG",
     )
-    quantiles = ingest.nearest_rank_quantiles(counted, "source", "v", "n", ingest.AMOUNT_QUANTILES)
+    quantiles = quality.nearest_rank_quantiles(counted, "source", "v", "n", quality.AMOUNT_QUANTILES)
     expected = spark.createDataFrame(
         [("a", 1.0, 2.0, 2.0, 3.0, 5.0)], "source STRING, q0 DOUBLE, q1 DOUBLE, q2 DOUBLE, q3 DOUBLE, q4 DOUBLE"
     )
@@ -141,7 +143,7 @@ def test_nearest_rank_quantiles_of_counted_values(spark):
 def test_nearest_rank_is_the_exact_rank_where_p_times_n_is_not_exact_in_doubles(spark):
     # Values 1..100 once each: p = 0.07 is rank 7, though 0.07 * 100 = 7.000000000000001.
     counted = spark.range(1, 101).select(F.lit("a").alias("source"), F.col("id").cast("double").alias("v"), F.lit(1))
-    quantiles = ingest.nearest_rank_quantiles(counted.toDF("source", "v", "n"), "source", "v", "n", (0.07, 0.55))
+    quantiles = quality.nearest_rank_quantiles(counted.toDF("source", "v", "n"), "source", "v", "n", (0.07, 0.55))
     expected = spark.createDataFrame([("a", 7.0, 55.0)], "source STRING, q0 DOUBLE, q1 DOUBLE")
     assert_df_equality(quantiles, expected, ignore_nullable=True)
 
@@ -151,8 +153,8 @@ def test_nearest_rank_quantiles_agree_with_percentile_approx_where_it_is_exact(s
     values = spark.range(2000).select(
         (F.col("id") % 3).cast("string").alias("source"), F.round(F.rand(seed=7) * 50).alias("v")
     )
-    probabilities = ingest.AMOUNT_QUANTILES
-    ours = ingest.nearest_rank_quantiles(values.groupBy("source", "v").count(), "source", "v", "count", probabilities)
+    probabilities = quality.AMOUNT_QUANTILES
+    ours = quality.nearest_rank_quantiles(values.groupBy("source", "v").count(), "source", "v", "count", probabilities)
     theirs = (
         values.groupBy("source")
         .agg(F.percentile_approx("v", list(probabilities), 10_000).alias("q"))
@@ -170,7 +172,7 @@ def test_data_profile_per_source_and_all(spark):
         ("web", "b", None, -1.0, 20.0, -20.0, t3, "return", False, None, False),
         ("web", "c", "q", 2.0, 10.0, 20.0, t2, "purchase", True, None, False),
     ]
-    profile = ingest.data_profile(spark.createDataFrame(rows, PROFILE_INPUT)).select(
+    profile = quality.data_profile(spark.createDataFrame(rows, PROFILE_INPUT)).select(
         "source", "rows", "accepted", "quarantined", "null_rate_customer_id", "null_rate_product_id",
         "distinct_customers", "first_event_ts", "last_event_ts", "amount_p50", "return_share", "extreme_rows",
     )  # fmt: skip
@@ -195,7 +197,7 @@ def test_data_profile_of_a_source_without_accepted_purchases(spark):
         ("app", None, "p", 1.0, 5.0, 5.0, t1, "purchase", False, "missing_customer_id", False),
         ("app", "c", "p", -1.0, 5.0, -5.0, t1, "return", False, None, False),  # accepted, not a purchase
     ]
-    profile = ingest.data_profile(spark.createDataFrame(rows, PROFILE_INPUT)).select(
+    profile = quality.data_profile(spark.createDataFrame(rows, PROFILE_INPUT)).select(
         "source", "rows", "accepted", "quarantined", "distinct_customers", "amount_p01", "amount_p50", "amount_p99",
         "return_share",
     )  # fmt: skip
@@ -221,7 +223,7 @@ def test_data_profile_counts_a_customer_of_two_sources_once_in_all(spark):
         ("web", "c", "p", 1.0, 10.0, 10.0, t1, "purchase", False, "bad_quantity", False),  # quarantined
         ("app", None, "p", 1.0, 10.0, 10.0, t1, "purchase", False, "missing_customer_id", False),
     ]
-    profile = ingest.data_profile(spark.createDataFrame(rows, PROFILE_INPUT)).select("source", "distinct_customers")
+    profile = quality.data_profile(spark.createDataFrame(rows, PROFILE_INPUT)).select("source", "distinct_customers")
     expected = spark.createDataFrame(
         [("pos", 1), ("web", 2), ("app", 0), ("ALL", 2)], "source STRING, distinct_customers LONG"
     )
@@ -243,7 +245,7 @@ def test_ingest_parquet_and_delta_sources(spark, tmp_path):
         dataclasses.replace(pos, name="dl", format="delta", path=str(tmp_path / "dl")),
     )
     cfg = dataclasses.replace(base, sources=sources)
-    ingest.run(spark, cfg, "run-1", now=NOW)
+    ingest_job.run(spark, cfg, "run-1", now=NOW)
     expected = spark.createDataFrame(
         [("dl", "0042", 2.0, 3.5, 7.0), ("pq", "0042", 2.0, 3.5, 7.0)],
         "source STRING, customer_id STRING, quantity DOUBLE, unit_price DOUBLE, amount DOUBLE",
@@ -262,7 +264,7 @@ def test_ingest_csv_files_with_columns_in_another_order_fail_loudly(spark, tmp_p
     )
     write(tmp_path / "raw" / "pos" / "b.csv", swapped)
     with pytest.raises(SourceError, match=r"/b\.csv: its header is not the source's .*expected qty, found unit_price"):
-        ingest.run(spark, cfg, "run-1", now=NOW)
+        ingest_job.run(spark, cfg, "run-1", now=NOW)
     assert not io.exists(spark, io.table_ref(cfg.storage, cfg.tables.transactions))
 
 
@@ -271,7 +273,7 @@ def test_ingest_json_that_is_not_json_lines_is_a_clear_error(spark, tmp_path):
     cfg = dataclasses.replace(cfg, sources=cfg.sources[1:])
     write(tmp_path / "raw" / "web" / "pretty.json", b'{\n  "order_id": "W1",\n  "items": []\n}\n')
     with pytest.raises(SourceError, match=r"source 'web' .*no line .* parses as json.*multiLine"):
-        ingest.run(spark, cfg, "run-1", now=NOW)
+        ingest_job.run(spark, cfg, "run-1", now=NOW)
 
 
 def test_ingest_identical_items_of_one_order_are_two_lines(spark, tmp_path):
@@ -281,15 +283,15 @@ def test_ingest_identical_items_of_one_order_are_two_lines(spark, tmp_path):
         b'"status":"completed","items":[{"sku":"X","quantity":1,"price":2.0},{"sku":"X","quantity":1,"price":2.0}]}\n'
     )
     write(tmp_path / "raw" / "web" / "a.jsonl", order)
-    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+    counts = ingest_job.run(spark, cfg, "run-1", now=NOW).counts
     assert [(s.rows_read, s.accepted, s.duplicates) for s in counts] == [(2, 2, 0)]
 
 
 def test_ingest_switching_duplicate_policy_does_not_load_a_line_twice(spark, tmp_path):
     write(tmp_path / "raw" / "pos" / "a.csv", HEADER + GOOD + GOOD)
-    ingest.run(spark, pos_only(tmp_path), "run-1", now=NOW)
+    ingest_job.run(spark, pos_only(tmp_path), "run-1", now=NOW)
     cfg = pos_only(tmp_path, "ingest.drop_duplicates=false")
-    ingest.run(spark, cfg, "run-2", now=NOW)
+    ingest_job.run(spark, cfg, "run-2", now=NOW)
     assert table(spark, cfg, "transactions").count() == 2  # the first copy once, the second copy once
 
 
@@ -301,7 +303,7 @@ def test_ingest_empty_csv_source_is_logged_with_zero_rows(spark, tmp_path):
         tmp_path / "raw" / "web" / "a.jsonl",
         b'{"order_id":"W1","customer":{"id":"7"},"created_at":"2024-03-01T10:00:00Z","kind":"order","status":"completed","items":[{"sku":"X","quantity":1,"price":2.0}]}\n',
     )
-    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+    counts = ingest_job.run(spark, cfg, "run-1", now=NOW).counts
     assert [(s.source, s.rows_read, s.accepted) for s in counts] == [("pos", 0, 0), ("web", 1, 1)]
     assert_reconciled(spark, cfg)
 
@@ -314,7 +316,7 @@ def test_ingest_header_only_csv_source_is_logged_with_zero_rows(spark, tmp_path)
         tmp_path / "raw" / "web" / "a.jsonl",
         b'{"order_id":"W1","customer":{"id":"7"},"created_at":"2024-03-01T10:00:00Z","kind":"order","status":"completed","items":[{"sku":"X","quantity":1,"price":2.0}]}\n',
     )
-    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+    counts = ingest_job.run(spark, cfg, "run-1", now=NOW).counts
     assert [(s.source, s.rows_read, s.accepted, s.inserted) for s in counts] == [("pos", 0, 0, 0), ("web", 1, 1, 1)]
     logged = table(spark, cfg, "run_log").select("source", "rows_read", "accepted", "quarantined", "inserted")
     expected = spark.createDataFrame(
@@ -336,12 +338,12 @@ def test_ingest_header_only_csv_source_is_logged_with_zero_rows(spark, tmp_path)
 def test_ingest_without_quarantined_rows_leaves_no_file_in_quarantine(spark, tmp_path):
     cfg = pos_only(tmp_path)
     write(tmp_path / "raw" / "pos" / "a.csv", HEADER + GOOD)
-    ingest.run(spark, cfg, "run-1", now=NOW)
+    ingest_job.run(spark, cfg, "run-1", now=NOW)
     folder = tmp_path / "lake" / cfg.tables.quarantine
     assert (folder / "_delta_log").is_dir()  # the first run creates the table, empty
     files = {p.name for p in folder.rglob("*.parquet")}
     write(tmp_path / "raw" / "pos" / "b.csv", HEADER + GOOD.replace(b"P1", b"P2"))
-    ingest.run(spark, cfg, "run-2", now=NOW)
+    ingest_job.run(spark, cfg, "run-2", now=NOW)
     assert {p.name for p in folder.rglob("*.parquet")} == files
     assert table(spark, cfg, "transactions").count() == 2
     assert_reconciled(spark, cfg)
@@ -358,7 +360,7 @@ def test_ingest_json_field_of_mixed_shape_quarantines_only_where_the_mapping_rea
     cfg = web_without_positions(make_config(tmp_path))
     orders = web_order("W1", '{"id":"7"}') + web_order("W2", '"206"') + web_order("W3", '{"id":"8"}', '{"by":"ops"}')
     write(tmp_path / "raw" / "web" / "a.jsonl", orders)
-    counts = ingest.run(spark, cfg, "run-1", now=NOW).counts
+    counts = ingest_job.run(spark, cfg, "run-1", now=NOW).counts
     assert [(s.rows_read, s.accepted, s.quarantined) for s in counts] == [(3, 2, 1)]  # notes: nothing reads it
     quarantine = table(spark, cfg, "quarantine").select("reason", "raw")
     expected = spark.createDataFrame(
@@ -372,7 +374,7 @@ def test_ingest_json_field_never_of_the_mapped_shape_is_still_a_mapping_error(sp
     cfg = web_without_positions(make_config(tmp_path))
     write(tmp_path / "raw" / "web" / "a.jsonl", web_order("W1", '"7"') + web_order("W2", '"206"'))
     with pytest.raises(SourceError, match=r"demo_web\.yaml: columns\.customer_id: cannot resolve 'customer\.id'"):
-        ingest.run(spark, cfg, "run-1", now=NOW)
+        ingest_job.run(spark, cfg, "run-1", now=NOW)
 
 
 def test_ingest_killed_before_its_run_log_row_is_logged_by_the_next_run(spark, tmp_path, monkeypatch):
@@ -381,15 +383,15 @@ def test_ingest_killed_before_its_run_log_row_is_logged_by_the_next_run(spark, t
     # The process dies after both loads committed and before the run log's append: the
     # same tables on disk as a kill -9 there.
     with monkeypatch.context() as patched:
-        patched.setattr(ingest, "_write_run_log", lambda *args: (_ for _ in ()).throw(SystemExit(137)))
+        patched.setattr(ingest_job, "_write_run_log", lambda *args: (_ for _ in ()).throw(SystemExit(137)))
         with pytest.raises(SystemExit):
-            ingest.run(spark, cfg, "run-1", now=NOW)
+            ingest_job.run(spark, cfg, "run-1", now=NOW)
     assert table(spark, cfg, "transactions").count() == 1
     assert not io.exists(spark, io.table_ref(cfg.storage, cfg.tables.run_log))
 
     write(tmp_path / "raw" / "pos" / "b.csv", HEADER + GOOD.replace(b"P1", b"P2"))
-    ingest.run(spark, cfg, "run-2", now=NOW)
-    ingest.run(spark, cfg, "run-3", now=NOW)  # finds nothing more to repair
+    ingest_job.run(spark, cfg, "run-2", now=NOW)
+    ingest_job.run(spark, cfg, "run-3", now=NOW)  # finds nothing more to repair
     logged = table(spark, cfg, "run_log").select("run_id", "rows_read", "quarantined", "inserted", "repaired_by")
     expected = spark.createDataFrame(
         [("run-1", None, 1, 1, "run-2"), ("run-2", 3, 1, 1, None), ("run-3", 3, 1, 0, None)],

@@ -3,7 +3,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from custseg.matching import assign
+from custseg.segment.matching import assign
 
 
 def brute_force(cost):

@@ -10,7 +10,8 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
 
-from custseg import model, restarts
+from custseg.segment import job as segment_job
+from custseg.segment import model, persist, preprocess, restarts
 from tests.conftest import make_config
 
 
@@ -19,14 +20,14 @@ def test_model_inputs_cast_and_drop_incomplete(spark):
         [("a", 10, 0.0, -5.0), ("b", None, 1.0, 2.0)],
         "customer_id STRING, recency_days INT, frequency DOUBLE, monetary DOUBLE",
     )
-    actual = df.transform(model.model_inputs(["recency_days", "monetary"]))
+    actual = df.transform(preprocess.model_inputs(["recency_days", "monetary"]))
     expected = spark.createDataFrame([("a", 10.0, -5.0)], "customer_id STRING, recency_days DOUBLE, monetary DOUBLE")
     assert_df_equality(actual, expected, ignore_nullable=True)
 
 
 def test_input_transform_caps_then_log1p(spark):
     df = spark.createDataFrame([("a", 10.0, -5.0), ("b", 500.0, 99.0)], "customer_id STRING, r DOUBLE, m DOUBLE")
-    stage = model.input_transform(["r", "m"], log1p=["m"], caps={"r": 100.0, "m": 9.0})
+    stage = preprocess.input_transform(["r", "m"], log1p=["m"], caps={"r": 100.0, "m": 9.0})
     actual = stage.transform(df).select("customer_id", "in_r", "in_m")
     # r is capped at 100 and not logged; m is capped at 9 -> log1p(9) = log(10), and a
     # negative net monetary value (returns exceed purchases) enters as log1p(0) = 0
@@ -38,21 +39,21 @@ def test_input_transform_caps_then_log1p(spark):
 
 def test_quantile_caps_are_fitted_per_feature(spark):
     df = spark.range(1, 101).selectExpr("CAST(id AS DOUBLE) AS x", "CAST(id * 2 AS DOUBLE) AS y")
-    assert model.quantile_caps(df, ["x", "y"], 0.9) == {"x": 90.0, "y": 180.0}
-    assert model.quantile_caps(df, ["x", "y"], None) == {}
+    assert preprocess.quantile_caps(df, ["x", "y"], 0.9) == {"x": 90.0, "y": 180.0}
+    assert preprocess.quantile_caps(df, ["x", "y"], None) == {}
 
 
 def test_components_for_share_keeps_the_fewest_reaching_it():
-    assert model.components_for_share([0.6, 0.25, 0.1, 0.05], 0.85) == 2
-    assert model.components_for_share([0.6, 0.25, 0.1, 0.05], 0.86) == 3
-    assert model.components_for_share([0.6, 0.25, 0.1, 0.05], 1.0) == 4
+    assert preprocess.components_for_share([0.6, 0.25, 0.1, 0.05], 0.85) == 2
+    assert preprocess.components_for_share([0.6, 0.25, 0.1, 0.05], 0.86) == 3
+    assert preprocess.components_for_share([0.6, 0.25, 0.1, 0.05], 1.0) == 4
 
 
 def test_preprocessing_centres_and_scales(spark, tmp_path):
     cfg = dataclasses.replace(make_config(tmp_path).segment, features=["recency_days"], pca_components=None)
     df = spark.createDataFrame([("a", 1.0), ("b", 3.0)], "customer_id STRING, recency_days DOUBLE")
-    out = model.preprocessing(cfg).fit(df).transform(df)
-    actual = out.select("customer_id", vector_to_array(model.VECTOR)[0].alias("z"))
+    out = preprocess.preprocessing(cfg).fit(df).transform(df)
+    actual = out.select("customer_id", vector_to_array(preprocess.VECTOR)[0].alias("z"))
     # mean 2, sample standard deviation sqrt(2): withMean=True centres, unlike Spark's default
     expected = spark.createDataFrame(
         [("a", -1 / math.sqrt(2)), ("b", 1 / math.sqrt(2))], "customer_id STRING, z DOUBLE"
@@ -133,7 +134,7 @@ def test_saved_model_reloads_and_scores_identically(spark, tmp_path):
     feats = blobs(spark)
     fitted, result = model.fit(spark, feats, cfg, "r1")
     reloaded = PipelineModel.load(result.model_path)
-    inputs = feats.transform(model.model_inputs(cfg.segment.features))
+    inputs = feats.transform(preprocess.model_inputs(cfg.segment.features))
     assert_df_equality(
         reloaded.transform(inputs).select("customer_id", "segment_id"),
         fitted.transform(inputs).select("customer_id", "segment_id"),
@@ -173,8 +174,8 @@ def test_same_seed_gives_same_labels_whatever_the_input_partitioning(spark, tmp_
 
 
 def test_auto_fit_partitions_is_one_per_500k_customers_and_at_least_the_minimum():
-    assert [model.auto_fit_partitions(n) for n in (0, 300, 1_000_000, 1_000_001, 5_000_000)] == [2, 2, 2, 3, 10]
-    assert [model.auto_fit_partitions(n, minimum=1) for n in (300, 500_000, 500_001)] == [1, 1, 2]
+    assert [preprocess.auto_fit_partitions(n) for n in (0, 300, 1_000_000, 1_000_001, 5_000_000)] == [2, 2, 2, 3, 10]
+    assert [preprocess.auto_fit_partitions(n, minimum=1) for n in (300, 500_000, 500_001)] == [1, 1, 2]
 
 
 def test_fit_inputs_use_configured_partitions_else_the_customer_count_and_the_sweep(spark, tmp_path):
@@ -184,7 +185,7 @@ def test_fit_inputs_use_configured_partitions_else_the_customer_count_and_the_sw
     )  # fmt: skip
 
     def partitions(*settings: str) -> int:
-        return model.fit_inputs(feats, make_config(tmp_path, *settings)).rdd.getNumPartitions()
+        return preprocess.fit_inputs(feats, make_config(tmp_path, *settings)).rdd.getNumPartitions()
 
     assert partitions("segment.fit_partitions=5") == 5
     assert partitions() == 1  # the sweep fits all 300: one task per iteration, fits at once
@@ -201,7 +202,7 @@ def test_fit_inputs_count_only_customers_the_model_can_place(spark, tmp_path):
         "CAST(id AS STRING) AS customer_id", "IF(id < 100, NULL, 1) AS recency_days", "2L AS frequency",
         "3D AS monetary", "4D AS avg_order_value",
     )  # fmt: skip
-    inputs = model.fit_inputs(feats, make_config(tmp_path, "segment.sweep_sample=250"))
+    inputs = preprocess.fit_inputs(feats, make_config(tmp_path, "segment.sweep_sample=250"))
     assert (inputs.count(), inputs.rdd.getNumPartitions()) == (200, 1)
 
 
@@ -281,7 +282,7 @@ def test_stability_skips_the_production_seed_which_would_only_flatter_it(spark, 
     feats = blobs(spark)
     fitted, result = model.fit(spark, feats, cfg, "r1")
     labels = model.label(fitted, feats, cfg, result.model_version, 3, "r1")
-    report = model.check_stability(spark, fitted, feats, labels, cfg, 3, "r1")
+    report = segment_job.check_stability(spark, fitted, feats, labels, cfg, 3, "r1")
     assert [(r.kind, r.seed) for r in report.replicates] == [("seed", 5), ("bootstrap", 43)]  # resampled and reseeded
     assert report.min_ari > 0.9 and not report.unstable_segments
 
@@ -291,7 +292,7 @@ def test_stratified_sample_takes_each_strata_share_whatever_the_layout(spark):
     # ceil(1.5) = 2, the null stratum (1) keeps ceil(0.5) = 1.
     rows = [(f"a{i}", "A") for i in range(6)] + [(f"b{i}", "B") for i in range(3)] + [("n0", None)]
     df = spark.createDataFrame(rows, "customer_id STRING, stratum STRING")
-    sample = model.stratified_sample(5, 10, "stratum", seed=42)
+    sample = preprocess.stratified_sample(5, 10, "stratum", seed=42)
     picked = df.transform(sample)
     expected = spark.createDataFrame([("A", 3), ("B", 2), (None, 1)], "stratum STRING, count LONG")
     assert_df_equality(picked.groupBy("stratum").count(), expected, ignore_row_order=True, ignore_nullable=True)
@@ -301,21 +302,21 @@ def test_stratified_sample_takes_each_strata_share_whatever_the_layout(spark):
 
 def test_fit_chooses_k_on_a_sample_then_fits_every_customer(spark, tmp_path):
     cfg = make_config(tmp_path, "segment.k_max=4", "segment.sweep_sample=45")
-    feats = noisy_blobs(spark).withColumnRenamed("truth", model.SWEEP_STRATUM).cache()
+    feats = noisy_blobs(spark).withColumnRenamed("truth", preprocess.SWEEP_STRATUM).cache()
     fitted, result = model.fit(spark, feats, cfg, "r1")
     labels = model.label(fitted, feats, cfg, result.model_version, result.k, "r1")
     # three strata of 30: ceil(30 x 45 / 90) = 15 customers each
     assert (result.sweep_customers, result.customers, result.k) == (45, 90, 3)
     assert labels.where("segment_id BETWEEN 0 AND 2").count() == 90
-    by_truth = labels.join(feats, "customer_id", "inner").select(model.SWEEP_STRATUM, "segment_id").distinct()
+    by_truth = labels.join(feats, "customer_id", "inner").select(preprocess.SWEEP_STRATUM, "segment_id").distinct()
     expected = spark.createDataFrame([("hi", 0), ("mid", 1), ("lo", 2)], "rfm_segment STRING, segment_id INT")
     assert_df_equality(by_truth, expected, ignore_row_order=True, ignore_nullable=True)
     # the model's record has its indices over all 90; the sweep's rows say they came from 45
     sample_point = next(p for p in result.sweep if p.k == 3)
     assert result.chosen == result.final and result.final.wcss > sample_point.wcss
-    sweep = model.sweep_frame(spark, result, cfg, "r1", None).where("k = 3").select("customers", "wcss")
+    sweep = persist.sweep_frame(spark, result, cfg, "r1", None).where("k = 3").select("customers", "wcss")
     assert sweep.first() == (45, sample_point.wcss)
-    record = model.model_record(spark, result, cfg, "r1", None, None, (None, None)).select("customers", "wcss")
+    record = persist.model_record(spark, result, cfg, "r1", None, None, (None, None)).select("customers", "wcss")
     assert record.first() == (90, result.final.wcss)
 
 
@@ -328,7 +329,7 @@ def test_fit_with_a_fixed_k_never_samples(spark, tmp_path):
 def test_prepared_vectors_reach_kmeans_uncached_so_it_persists_its_own(spark, tmp_path):
     # KMeans persists its RDD of vectors only when its input is not a cached plan; on a
     # cached one it converts the cached rows again at every iteration.
-    feats = noisy_blobs(spark).withColumnRenamed("truth", model.SWEEP_STRATUM)
+    feats = noisy_blobs(spark).withColumnRenamed("truth", preprocess.SWEEP_STRATUM)
     for sample, swept in (("null", 90), ("60", 60)):
         prepared = model.prepare(feats, make_config(tmp_path, "segment.k_max=4", f"segment.sweep_sample={sample}"))
         try:
@@ -340,7 +341,7 @@ def test_prepared_vectors_reach_kmeans_uncached_so_it_persists_its_own(spark, tm
 
 def test_sweep_fits_at_once_give_the_same_points_and_models_in_k_order(spark, tmp_path, caplog):
     # Structureless data, so that any difference in seeding or input would show.
-    vectors = VectorAssembler(inputCols=["x", "y"], outputCol=model.VECTOR).transform(
+    vectors = VectorAssembler(inputCols=["x", "y"], outputCol=preprocess.VECTOR).transform(
         spark.range(400).selectExpr("rand(1) AS x", "rand(2) AS y").repartition(2)
     )
     one = make_config(tmp_path, "segment.k_min=2", "segment.k_max=6", "segment.sweep_parallelism=1").segment
@@ -361,7 +362,7 @@ def test_sweep_fits_at_once_give_the_same_points_and_models_in_k_order(spark, tm
 def test_sweep_sample_is_laid_out_as_the_model_input(spark, tmp_path):
     # The window that draws the sample leaves it in a partition per stratum (here, the
     # two shuffle partitions); KMeans gets it hashed by customer like the full input.
-    feats = noisy_blobs(spark).withColumnRenamed("truth", model.SWEEP_STRATUM)
+    feats = noisy_blobs(spark).withColumnRenamed("truth", preprocess.SWEEP_STRATUM)
     cfg = make_config(tmp_path, "segment.k_max=4", "segment.sweep_sample=60", "segment.fit_partitions=3")
     prepared = model.prepare(feats, cfg)
     try:
@@ -378,7 +379,7 @@ def test_sweep_sample_is_laid_out_as_the_model_input(spark, tmp_path):
 
 
 def test_kmeans_stops_once_no_centre_moves_more_than_kmeans_tol(spark, tmp_path):
-    vectors = VectorAssembler(inputCols=["x", "y"], outputCol=model.VECTOR).transform(
+    vectors = VectorAssembler(inputCols=["x", "y"], outputCol=preprocess.VECTOR).transform(
         spark.range(400).selectExpr("rand(1) AS x", "rand(2) AS y").repartition(2)
     )
     strict = make_config(tmp_path, "segment.kmeans_tol=1e-12").segment

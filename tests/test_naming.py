@@ -3,8 +3,8 @@ the revenue-majority guard, monotone tiers, and names told apart without numbers
 
 from __future__ import annotations
 
-from custseg import naming
-from custseg.naming import SegmentSummary
+from custseg.insights import naming
+from custseg.insights.naming import SegmentSummary
 
 RFM = ("recency_days", "frequency", "monetary")
 BEHAVIOUR = ("avg_order_value", "tenure_days", "distinct_products", "return_rate")

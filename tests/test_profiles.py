@@ -3,7 +3,7 @@ from __future__ import annotations
 from chispa import assert_approx_df_equality, assert_column_equality, assert_df_equality
 from pyspark.sql import functions as F
 
-from custseg import profiles
+from custseg.insights import profiles
 
 LABELLED = "customer_id STRING, segment_id INT, monetary DOUBLE, frequency LONG, rfm_segment STRING"
 

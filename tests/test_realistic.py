@@ -11,8 +11,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from custseg import columns as c
-from custseg import io, naming
+from custseg import io
 from custseg.cli import run_stage
+from custseg.insights import naming
 from tests.conftest import build_once
 
 

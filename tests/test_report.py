@@ -18,7 +18,12 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 from sklearn.metrics import silhouette_samples as sklearn_silhouette_samples
 
-from custseg import io, model, report
+from custseg import io
+from custseg.insights import job as insights_job
+from custseg.insights import page as report_page
+from custseg.insights import plots as report_plots
+from custseg.insights import report
+from custseg.segment import job as segment_job
 from tests.conftest import DEMO_RUN_ID
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -168,14 +173,14 @@ def small_sample() -> pd.DataFrame:
 def test_tsne_is_skipped_with_a_note_without_scikit_learn(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.manifold", None)  # import fails as if not installed
     assert report.tsne_2d(np.zeros((10, 3)), seed=1) is None
-    plots, notes = report.sample_plots(small_sample(), {0: "a", 1: "b"}, None, tsne=True, seed=1)
+    plots, notes = report_plots.sample_plots(small_sample(), {0: "a", 1: "b"}, None, tsne=True, seed=1)
     assert set(plots) == {"silhouette", "pca"}
     assert notes == {"tsne": "t-SNE skipped: scikit-learn not installed."}
 
 
 def test_pca_scatter_is_skipped_with_a_note_for_one_dimension():
     one_dim = small_sample().assign(vector=lambda df: [v[:1] for v in df["vector"]])
-    plots, notes = report.sample_plots(one_dim, {}, None, tsne=False, seed=1)
+    plots, notes = report_plots.sample_plots(one_dim, {}, None, tsne=False, seed=1)
     assert set(plots) == {"silhouette"}
     assert "fewer than 2" in notes["pca"] and notes["tsne"] == "t-SNE skipped: report.tsne is false."
 
@@ -236,7 +241,7 @@ def tiny_content(segment_name: str, migrations: pd.DataFrame | None) -> report.R
 
 
 def test_render_html_escapes_text_and_formats_numbers():
-    page = report.render_html(tiny_content("<script>x</script> & co", None), {"k_sweep": PNG_SIGNATURE})
+    page = report_page.render_html(tiny_content("<script>x</script> & co", None), {"k_sweep": PNG_SIGNATURE})
     assert "<script>x" not in page and "&lt;script&gt;x&lt;/script&gt; &amp; co" in page
     assert "<title>Customer segments: run r&lt;1&gt;</title>" in page
     assert records(page, "segments")[0]["Customers"] == "1,234"
@@ -254,17 +259,17 @@ def test_render_html_escapes_text_and_formats_numbers():
 
 
 def test_render_html_says_first_run_or_shows_the_migrations():
-    first = report.render_html(tiny_content("A", None), {})
+    first = report_page.render_html(tiny_content("A", None), {})
     assert "This is the first run" in first and "migrations" not in Tables(first).tables
     moves = report.migration_matrix(pd.DataFrame({"from_segment": [0], "to_segment": [1], "customers": [4]}))
-    later = report.render_html(tiny_content("A", moves), {})
+    later = report_page.render_html(tiny_content("A", moves), {})
     assert "This is the first run" not in later and "since run r0" in later
     assert records(later, "migrations")[0] == {"from \\ to": "0", "1": "4", "Total": "4"}
 
 
 def test_write_puts_the_page_beside_its_plots_and_removes_a_skipped_plots_old_png(tmp_path):
     (tmp_path / "tsne.png").write_bytes(PNG_SIGNATURE)  # from an earlier rendering with t-SNE
-    result = report.write(tmp_path, tiny_content("A", None), {"k_sweep": PNG_SIGNATURE})
+    result = insights_job.write(tmp_path, tiny_content("A", None), {"k_sweep": PNG_SIGNATURE})
     expected = report.ReportResult(str(tmp_path / "report.html"), {"k_sweep": str(tmp_path / "k_sweep.png")}, "r<1>")
     assert result == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k_sweep.png", "report.html"]
@@ -276,7 +281,7 @@ def test_write_puts_the_page_beside_its_plots_and_removes_a_skipped_plots_old_pn
 @pytest.fixture(scope="module")
 def lake(spark, demo_config, demo_lake):
     """The shared 300-customer demo lake (conftest), and its report rendered anew."""
-    return demo_config, report.run(spark, demo_config)
+    return demo_config, insights_job.run_report(spark, demo_config)
 
 
 def table(spark, cfg, name: str):
@@ -344,8 +349,8 @@ def test_run_html_numbers_match_the_delta_tables(spark, lake):
 def test_run_sample_silhouette_matches_spark_when_the_sample_is_everyone(spark, lake):
     cfg, _ = lake
     labels = table(spark, cfg, cfg.tables.labels)
-    fitted, record = model.latest_model(spark, cfg)
-    sample = report.read_sample(fitted, record["features"], labels, table(spark, cfg, cfg.tables.features), cfg)
+    fitted, record = segment_job.latest_model(spark, cfg)
+    sample = insights_job.read_sample(fitted, record["features"], labels, table(spark, cfg, cfg.tables.features), cfg)
     assert len(sample) == labels.where(F.col("segment_id") >= 0).count()  # 300 per segment: everyone
     vectors = np.array(sample["vector"].tolist())
     mean = report.silhouette_samples(vectors, sample["segment_id"].to_numpy()).mean()
@@ -355,7 +360,7 @@ def test_run_sample_silhouette_matches_spark_when_the_sample_is_everyone(spark, 
 def test_run_rejects_a_run_that_is_not_the_current_labels(spark, lake):
     cfg, _ = lake
     with pytest.raises(ValueError, match="not the run of the current labels"):
-        report.run(spark, cfg, "some-other-run")
+        insights_job.run_report(spark, cfg, "some-other-run")
 
 
 # --------------------------------------------------------------------------- in a real browser

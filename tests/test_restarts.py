@@ -7,7 +7,7 @@ import pytest
 from pyspark.ml.feature import VectorAssembler
 
 from custseg import columns as c
-from custseg import model, restarts
+from custseg.segment import model, restarts
 from tests.conftest import make_config
 
 

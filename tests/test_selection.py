@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from custseg import selection
-from custseg.evaluate import SweepPoint
+from custseg.segment import selection
+from custseg.segment.evaluate import SweepPoint
 
 RULES = selection.Rules(
     rule="guarded", tolerance=0.02, min_segment_share=0.05, business_k=(3, 6), structure_silhouette=0.7,

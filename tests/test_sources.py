@@ -8,7 +8,7 @@ from chispa import assert_df_equality
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
 from custseg.config import CustomerSourceConfig, load_source
-from custseg.sources import SourceError, _text_type, canonicalize, check_mapping, read_source
+from custseg.ingest.sources import SourceError, _text_type, canonicalize, check_mapping, read_source
 from tests.conftest import CONF
 
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from pyspark.errors import AnalysisException
 
-from custseg import standalone
 from custseg.config import ConfigError
+from custseg.demo import standalone
 from custseg.spark import (
     FETCH_JARS_COMMAND,
     QUERY_CONTEXT_LOGGERS,

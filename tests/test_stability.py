@@ -5,8 +5,9 @@ from pyspark.ml.clustering import KMeans
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import functions as F
 
-from custseg.model import PREDICTION, VECTOR
-from custseg.stability import (
+from custseg.segment.model import PREDICTION
+from custseg.segment.preprocess import VECTOR
+from custseg.segment.stability import (
     Replicate,
     SegmentStability,
     StabilityReport,

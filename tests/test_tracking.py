@@ -17,9 +17,11 @@ import mlflow.spark
 import pytest
 from chispa import assert_df_equality
 
-from custseg import model, standalone, tracking
-from custseg.evaluate import SweepPoint
-from custseg.model import SegmentResult
+from custseg import tracking
+from custseg.demo import standalone
+from custseg.segment import model, preprocess
+from custseg.segment.evaluate import SweepPoint
+from custseg.segment.model import SegmentResult
 from tests.conftest import make_config
 from tests.test_model import blobs
 
@@ -75,7 +77,7 @@ def test_segment_run_logs_params_metrics_sweep_model_and_report(spark, tmp_path,
     wcss = client.get_metric_history(run_id, "sweep_wcss")
     assert sorted((m.step, m.value) for m in wcss) == [(p.k, p.wcss) for p in result.sweep]
     # the logged model is the fitted pipeline: it labels every customer as the original does
-    inputs = feats.transform(model.model_inputs(cfg.segment.features))
+    inputs = feats.transform(preprocess.model_inputs(cfg.segment.features))
     reloaded = mlflow.spark.load_model(f"runs:/{run_id}/model")
     assert_df_equality(
         reloaded.transform(inputs).select("customer_id", "segment_id"),

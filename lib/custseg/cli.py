@@ -23,15 +23,20 @@ from pathlib import Path
 
 import pandas as pd
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
-from custseg import __version__, customers, datagen, features, ingest, io, model, profiles, progress, report, tracking
+from custseg import __version__, io, progress, tracking
 from custseg import columns as c
 from custseg.config import Config, ConfigError, config_changes, load_config, load_defaults, redacted
-from custseg.evaluate import adjusted_rand_index
+from custseg.demo import datagen
+from custseg.features import job as features_job
+from custseg.ingest import job as ingest_job
+from custseg.ingest.sources import SourceError
+from custseg.insights import job as insights_job
+from custseg.insights import profiles
 from custseg.io import ConcurrentWriteError, PrerequisiteError
 from custseg.redaction import install_log_redaction
-from custseg.sources import SourceError
+from custseg.segment import job as segment_job
+from custseg.segment.evaluate import adjusted_rand_index
 from custseg.spark import (
     ConnectServerUnreachableError,
     MasterUnreachableError,
@@ -71,13 +76,13 @@ Counts = dict[str, int]
 def run_ingest(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
     counts: Counts = {}
     if cfg.sources:
-        result = ingest.run(spark, cfg, run_id)
+        result = ingest_job.run(spark, cfg, run_id)
         print_profile(result.profile)
         for key, attr in (("rows read", "rows_read"), ("accepted", "accepted"), ("new", "inserted"),
                           ("quarantined", "quarantined"), ("duplicates", "duplicates")):  # fmt: skip
             counts[key] = sum(getattr(s, attr) for s in result.counts)
     if cfg.customers is not None:
-        table = customers.run(spark, cfg, run_id)
+        table = ingest_job.run_customers(spark, cfg, run_id)
         print(f"\nCustomer table {cfg.customers.name}: read {table.rows_read}, accepted {table.accepted}, "
               f"quarantined {table.quarantined}, exact duplicates {table.duplicates}")  # fmt: skip
         counts.update({"customer rows read": table.rows_read, "customer rows accepted": table.accepted})
@@ -104,12 +109,12 @@ def print_profile(profile: list[dict]) -> None:
 
 
 def run_features(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
-    features.run(spark, cfg)
-    return {"customers": io.read(spark, io.table_ref(cfg.storage, cfg.tables.features)).count()}
+    features_job.run(spark, cfg)
+    return {"customers": features_job.customers(spark, cfg)}
 
 
 def run_segment(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
-    result = model.run(spark, cfg, run_id)
+    result = segment_job.run(spark, cfg, run_id)
     log.info("segment: k=%d, model %s", result.k, result.model_version)
     print_migrations(spark, cfg, run_id)
     return {"customers fitted": result.customers, "segments": result.k}
@@ -117,34 +122,29 @@ def run_segment(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
 
 def print_migrations(spark: SparkSession, cfg: Config, run_id: str) -> None:
     """Customers per (previous segment, new segment), when there was a previous run."""
-    ref = io.table_ref(cfg.storage, cfg.tables.migrations)
-    if not io.exists(spark, ref):
+    matrix, previous_run_id = insights_job.read_migrations(spark, cfg, run_id)
+    if matrix is None:
         return
-    moves = io.read(spark, ref).where(F.col(c.RUN_ID) == run_id).toPandas()  # one row per move
-    if moves.empty:
-        return
-    moves = moves.fillna({"from_segment": -9, "to_segment": -9})  # -9: not labelled in that run
-    matrix = moves.pivot_table(index="from_segment", columns="to_segment", values="customers", fill_value=0)
-    print(f"\nMigration since run {moves['previous_run_id'].iloc[0]} (rows: from, columns: to; -9: not labelled):")
-    print(matrix.astype(int).to_string())
+    print(f"\nMigration since run {previous_run_id} (rows: from, columns: to; new: not labelled then, gone: not now):")
+    print(matrix.to_string())
 
 
 def run_profile(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
-    return {"segments": profiles.run(spark, cfg).count()}
+    return {"segments": insights_job.run_profiles(spark, cfg).count()}
 
 
 def run_report(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
     """The report of the current labels' run, linked from the run log and, when
     tracking, added to that run in mlflow."""
-    result = report.run(spark, cfg)
-    ingest.log_artifact(spark, cfg, result.run_id, "report", result.path)
+    result = insights_job.run_report(spark, cfg)
+    ingest_job.log_artifact(spark, cfg, result.run_id, "report", result.path)
     tracking.log_report(cfg, result.run_id, str(Path(result.path).parent))
     print(f"\nReport: {result.path}")
     return {"plots": len(result.plots)}
 
 
 def run_score(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
-    change = model.score(spark, cfg, run_id, cfg.segment.score_model)
+    change = segment_job.score(spark, cfg, run_id, cfg.segment.score_model)
     print_migrations(spark, cfg, run_id)
     print(f"Scored: {change.new} new customers, {change.changed} moved segment, {change.unchanged} unchanged, "
           f"{change.gone} no longer in the features table")  # fmt: skip
@@ -175,7 +175,7 @@ def run_demo(spark: SparkSession, cfg: Config, run_id: str) -> None:
     if cfg.demo.scenario == "realistic":
         print("Realistic demo customers: no planted archetypes to recover (no adjusted Rand index)")
         return
-    labels = io.read(spark, io.table_ref(cfg.storage, cfg.tables.labels))
+    labels = segment_job.current_labels(spark, cfg)
     truth = datagen.read_truth(spark, cfg.demo.raw_dir)
     ari = adjusted_rand_index(labels.join(truth, on=c.CUSTOMER_ID, how="inner"), c.SEGMENT_ID, "archetype")
     print(f"Planted archetypes recovered with adjusted Rand index {ari:.3f}")
@@ -190,28 +190,17 @@ SEGMENT_SUMMARY = (
 def print_summary(spark: SparkSession, cfg: Config, run_id: str) -> None:
     """The segment profiles (one row per segment, then each one's description below the
     table, which would be too wide with them), stability and where the tables are."""
-    profile = io.read(spark, io.table_ref(cfg.storage, cfg.tables.segment_profiles))
-    table = profile.select(*SEGMENT_SUMMARY, profiles.DESCRIPTION).orderBy(c.SEGMENT_ID).toPandas()  # k + 1 rows
+    summary = insights_job.run_summary(spark, cfg, run_id, (*SEGMENT_SUMMARY, profiles.DESCRIPTION))
+    table = summary.segments
     print(f"\nSegments ({len(table)}; -1 = customers the model cannot place, e.g. no purchase yet):")
     print(table[list(SEGMENT_SUMMARY)].to_string(index=False))
     for r in table.itertuples(index=False):
         print(f"  {r.segment_id:>3}  {r.segment_name}: {r.description}")
-    sweep_ref = io.table_ref(cfg.storage, cfg.tables.k_sweep)
-    if io.exists(spark, sweep_ref):
-        chosen = io.read(spark, sweep_ref).where(F.col(c.RUN_ID) == run_id).where(F.col("chosen")).first()
-        if chosen is not None and chosen["reason"]:
-            print(f"Why k = {chosen[c.K]}: {chosen['reason']}")
-    stability_ref = io.table_ref(cfg.storage, cfg.tables.stability)
-    if io.exists(spark, stability_ref):
-        runs = io.read(spark, stability_ref)
-        rows = (
-            runs.where(F.col(c.RUN_ID) == run_id)
-            .groupBy("kind")
-            .agg(F.avg("ari").alias("ari"), F.count(F.lit(1)).alias("n"))
-            .collect()
-        )
+    if summary.chosen is not None and summary.chosen["reason"]:
+        print(f"Why k = {summary.chosen[c.K]}: {summary.chosen['reason']}")
+    if summary.stability is not None:
         print("Stability (adjusted Rand index against the labels): "
-              + ", ".join(f"{r['kind']} refits {r['ari']:.3f} (n={r['n']})" for r in sorted(rows)))  # fmt: skip
+              + ", ".join(f"{r['kind']} refits {r['ari']:.3f} (n={r['n']})" for r in summary.stability))  # fmt: skip
     for key in ("segment_profiles", "labels", "label_history", "models", "k_sweep", "features", "transactions"):
         print(f"  {key:<17} {io.table_ref(cfg.storage, getattr(cfg.tables, key))}")
 

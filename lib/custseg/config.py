@@ -84,7 +84,7 @@ class DemoConfig:
     start_date: dt.date
     end_date: dt.date
     # archetypes: four planted groups for the recovery tests; realistic: retail-like
-    # customers with no planted groups (see custseg.datagen)
+    # customers with no planted groups (see custseg.demo.datagen)
     scenario: Literal["archetypes", "realistic"] = "archetypes"
 
 

@@ -4,8 +4,7 @@ A customer table is mapped in ``conf/sources/`` like a transaction source (see
 ``CustomerSourceConfig``) and ingested into the ``customer_attributes`` table: the
 customer id, numeric attributes as doubles and categorical ones as trimmed text. It is
 a snapshot, so each ingest replaces it. Every input row is accepted, counted as an exact
-duplicate, or quarantined with a reason; none is dropped in silence.
-"""
+duplicate, or quarantined with a reason; none is dropped in silence."""
 
 from __future__ import annotations
 
@@ -13,14 +12,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from custseg import columns as c
-from custseg import io
-from custseg.config import Config, CustomerSourceConfig
-from custseg.sources import (
+from custseg.config import CustomerSourceConfig
+from custseg.ingest.sources import (
     INVALID_ENCODING,
     MALFORMED_ROW,
     MISSING_CUSTOMER_ID,
@@ -29,15 +26,13 @@ from custseg.sources import (
     REASON,
     REPLACEMENT_CHAR,
     SOURCE_FILE,
-    SourceError,
-    check_columns,
     finite,
     mapped_text,
     original_row,
-    read_source,
 )
 
 log = logging.getLogger(__name__)
+
 
 CONFLICTING_ROWS = "conflicting_customer_rows"  # one id, rows that disagree: which is right is unknowable
 
@@ -109,45 +104,5 @@ def canonical_customers(src: CustomerSourceConfig) -> Callable[[DataFrame], Data
     return transform
 
 
-def run(spark: SparkSession, cfg: Config, run_id: str) -> CustomerCounts:
-    """Ingest the configured customer table: replace ``customer_attributes`` and its
-    quarantine, and return the counts (read = accepted + quarantined + duplicates)."""
-    src = cfg.customers
-    if src is None:
-        raise ValueError("no customer table is configured (ingest.customers)")
-    raw = read_source(spark, src)
-    if raw is None:
-        raise SourceError(f"customer table '{src.name}' ({src.file}): no data in {src.path}")
-    mapped = {"customer_id": src.customer_id, **{f"numeric.{k}": v for k, v in src.numeric.items()}}
-    check_columns(raw, src.file, {**mapped, **{f"categorical.{k}": v for k, v in src.categorical.items()}})
-    rows = raw.transform(canonical_customers(src)).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        accepted = rows.where(F.col(REASON).isNull() & ~F.col("duplicate"))
-        attributes = [*src.numeric, *src.categorical]
-        io.overwrite(
-            accepted.select(c.CUSTOMER_ID, *attributes, F.lit(src.name).alias(c.SOURCE), SOURCE_FILE,
-                            F.lit(run_id).alias(c.RUN_ID)),
-            io.table_ref(cfg.storage, cfg.tables.customer_attributes),
-        )  # fmt: skip
-        io.overwrite(
-            rows.where(F.col(REASON).isNotNull()).select(
-                F.lit(src.name).alias(c.SOURCE), SOURCE_FILE, RAW, REASON, F.lit(run_id).alias(c.RUN_ID)
-            ),
-            io.table_ref(cfg.storage, cfg.tables.customer_quarantine),
-        )
-        counts = rows.agg(
-            F.count(F.lit(1)).alias("rows_read"),
-            F.sum(_flag(F.col(REASON).isNull() & ~F.col("duplicate"))).alias("accepted"),
-            F.sum(_flag(F.col(REASON).isNotNull())).alias("quarantined"),
-            F.sum(_flag(F.col("duplicate"))).alias("duplicates"),
-        ).first()
-    finally:
-        rows.unpersist()
-    result = CustomerCounts(**{k: int(v or 0) for k, v in counts.asDict().items()})
-    log.info("customer table %s: read %d, accepted %d, quarantined %d, duplicates %d", src.name,
-             result.rows_read, result.accepted, result.quarantined, result.duplicates)  # fmt: skip
-    return result
-
-
-def _flag(predicate: Column) -> Column:
+def flag_count(predicate: Column) -> Column:
     return F.coalesce(predicate, F.lit(False)).cast("long")

@@ -9,7 +9,7 @@ revenue, the revenue index, the dominant RFM segment, the median customer's rece
 frequency and spend, a value tier, a name and a one-sentence description.
 
 The names and descriptions follow fixed rules on those medians, their percentile ranks
-and the shares (``custseg.naming``, pure Python): this module computes the numbers they
+and the shares (``custseg.insights.naming``, pure Python): this module computes the numbers they
 read, distributed, and writes the tables.
 """
 
@@ -19,14 +19,13 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from custseg import columns as c
-from custseg import io
 from custseg.config import Config
-from custseg.features import FEATURE_COLUMNS
-from custseg.naming import RFM_FEATURES, SegmentSummary, name_segments
+from custseg.features.rfm import FEATURE_COLUMNS
+from custseg.insights.naming import RFM_FEATURES, SegmentSummary
 
 log = logging.getLogger(__name__)
 
@@ -204,50 +203,3 @@ NAMING_SCHEMA = ", ".join(
     [f"{c.SEGMENT_ID} INT", f"{SEGMENT_NAME} STRING", f"{DESCRIPTION} STRING", f"{VALUE_TIER} STRING"]
     + [f"{column} DOUBLE" for column in MEDIAN_COLUMNS.values()]
 )
-
-
-def run(spark: SparkSession, cfg: Config) -> DataFrame:
-    """Profile the current labels against the features; write both profile tables and
-    return the per-segment one (k + 1 rows at most)."""
-    tables = cfg.tables
-    labels = io.read_required(spark, io.table_ref(cfg.storage, tables.labels), "segment labels", "the segment job")
-    features = io.read_required(spark, io.table_ref(cfg.storage, tables.features), "customer features",
-                                "the features job")  # fmt: skip
-    labelled = labels.select(c.CUSTOMER_ID, c.SEGMENT_ID).join(features, on=c.CUSTOMER_ID, how="inner")
-    names_of = profile_features(cfg, features.columns)
-    if not names_of:
-        raise ValueError("nothing to profile: no numeric feature or attribute in the features table")
-    per_feature = labelled.transform(feature_profiles(names_of)).persist()
-    try:
-        feature_rows = per_feature.select(c.SEGMENT_ID, FEATURE, MEDIAN, PERCENTILE_RANK).collect()  # k x features
-        sizes = labelled.transform(segment_sizes(cfg.segment.value_feature))
-        size_rows = sizes.collect()  # k + 1 rows
-        segments = summaries(size_rows, feature_rows)
-        namings = name_segments(segments, names_of, cfg.segment.value_feature)
-        named = spark.createDataFrame(
-            [
-                (s.segment_id, namings[s.segment_id].name, namings[s.segment_id].description,
-                 namings[s.segment_id].value_tier, *(s.medians.get(f) for f in MEDIAN_COLUMNS))
-                for s in segments
-            ],
-            NAMING_SCHEMA,
-        )  # fmt: skip
-        run_info = labels.select(c.RUN_ID, c.MODEL_VERSION, c.AS_OF_DATE).limit(1)
-        profiles = (
-            spark.createDataFrame(size_rows, sizes.schema)
-            .join(named, on=c.SEGMENT_ID, how="left")
-            .crossJoin(run_info)
-            .select(
-                c.RUN_ID, c.MODEL_VERSION, c.AS_OF_DATE, c.SEGMENT_ID, SEGMENT_NAME, DESCRIPTION, VALUE_TIER,
-                *sizes.columns[1:], *MEDIAN_COLUMNS.values(),
-            )
-        )  # fmt: skip
-        io.overwrite(profiles, io.table_ref(cfg.storage, tables.segment_profiles))
-        io.overwrite(
-            per_feature.crossJoin(run_info).select(c.RUN_ID, c.MODEL_VERSION, c.AS_OF_DATE, *per_feature.columns),
-            io.table_ref(cfg.storage, tables.feature_profiles),
-        )
-    finally:
-        per_feature.unpersist()
-    log.info("segment names: %s", {sid: n.name for sid, n in namings.items()})
-    return io.read(spark, io.table_ref(cfg.storage, tables.segment_profiles))

@@ -1,4 +1,4 @@
-"""Clustering evaluation: the sweep's indices, the plain k rules (elbow, silhouette; custseg.selection
+"""Clustering evaluation: the sweep's indices, the plain k rules (elbow, silhouette; custseg.segment.selection
 chooses with them), and agreement between labelings."""
 
 from __future__ import annotations

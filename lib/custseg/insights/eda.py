@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from custseg import columns as c
-from custseg.report import png_bytes
+from custseg.insights.plots import png_bytes
 
 MONTH = "month"
 BIN = "bin"

@@ -16,11 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import TimestampType
 
-from custseg import io
 from custseg.columns import AS_OF_DATE, CUSTOMER_ID, MODEL_VERSION, RUN_ID, SEGMENT_ID
 
 log = logging.getLogger(__name__)
@@ -61,33 +60,47 @@ class HistoryChange:
         return self.changed + self.gone
 
 
-def merge_history(
-    spark: SparkSession, labels: DataFrame, ref: io.TableRef, run_id: str, run_ts: datetime
-) -> HistoryChange:
-    """Record one run's labels in the history table at ``ref`` (created on the first run).
+@dataclass(frozen=True)
+class HistoryUpdate:
+    """What one run does to the history table: the counts, and the one write that
+    applies it (none when nothing changed): ``first`` rows for a new table, or a MERGE
+    of ``staged`` ``on`` a condition with its ``clauses``."""
+
+    change: HistoryChange
+    first: DataFrame | None = None
+    staged: DataFrame | None = None
+    on: str = ""
+    clauses: tuple[str, ...] = ()
+
+
+def history_update(
+    labels: DataFrame, current: DataFrame | None, run_id: str, run_ts: datetime, where: str
+) -> HistoryUpdate:
+    """How to record one run's labels in the history table whose current rows are
+    ``current`` (None: there is no table yet; ``where`` names it in messages).
 
     ``labels`` needs customer_id, segment_id, model_version, as_of_date, one row per
     customer. Changed, new and vanished customers are applied in one MERGE; when there are
-    none (including a rerun of the same run) no MERGE runs and the table keeps its version.
+    none (including a rerun of the same run) nothing is written and the table keeps its
+    version.
     """
     labels = labels.select(*LABEL_COLUMNS)
     _require_unique_ids(labels)
-    table_exists = io.exists(spark, ref)
-    current = (
-        io.read(spark, ref).where(F.col(IS_CURRENT)) if table_exists else spark.createDataFrame([], HISTORY_SCHEMA)
-    ).select(CUSTOMER_ID, F.col(SEGMENT_ID).alias(_PREVIOUS_SEGMENT), VALID_FROM)
+    table_exists = current is not None
+    current = (current if table_exists else labels.sparkSession.createDataFrame([], HISTORY_SCHEMA)).select(
+        CUSTOMER_ID, F.col(SEGMENT_ID).alias(_PREVIOUS_SEGMENT), VALID_FROM
+    )
     change, ts_not_after_latest = _classify(labels, current, run_ts)
-    log.info("history %s, run %s at %s: %s", ref, run_id, run_ts, change)
+    log.info("history %s, run %s at %s: %s", where, run_id, run_ts, change)
 
     if table_exists and change.opened == change.closed == 0:
-        return change
+        return HistoryUpdate(change)
     if ts_not_after_latest:
         # Closing a row at or before it opened would leave an empty or inverted validity interval.
-        raise ValueError(f"run_ts {run_ts} is not after the latest run recorded in {ref}")
+        raise ValueError(f"run_ts {run_ts} is not after the latest run recorded in {where}")
+    opened = _opened_row(F.col, run_id, run_ts)
     if not table_exists:
-        opened = _opened_row(F.col, run_id, run_ts)
-        io.insert_new(spark, labels.select(*(v.alias(k) for k, v in opened.items())), ref, [CUSTOMER_ID, VALID_FROM])
-        return change
+        return HistoryUpdate(change, first=labels.select(*(v.alias(k) for k, v in opened.items())))
 
     changed = (
         labels.join(current, on=CUSTOMER_ID, how="inner")
@@ -97,25 +110,22 @@ def merge_history(
     # The standard SCD2 staging: every label keyed by its customer (matches, and so closes,
     # a changed current row), plus each changed customer again with a null key, which never
     # matches and so inserts the new current row in the same MERGE.
-    opened = _opened_row(F.col, run_id, run_ts)
     staged = (
         labels.select(F.col(CUSTOMER_ID).alias(_MERGE_KEY), *LABEL_COLUMNS)
         .unionByName(changed)
         .select(_MERGE_KEY, *(v.alias(k) for k, v in opened.items()))
     )
     close = f"UPDATE SET {VALID_TO} = {_timestamp_sql(run_ts)}, {IS_CURRENT} = false"
-    io.merge(
-        spark,
-        staged,
-        ref,
+    return HistoryUpdate(
+        change,
+        staged=staged,
         on=f"t.{CUSTOMER_ID} = s.{_MERGE_KEY} AND t.{IS_CURRENT}",
-        clauses=[
+        clauses=(
             f"WHEN MATCHED AND NOT (t.{SEGMENT_ID} <=> s.{SEGMENT_ID}) THEN {close}",
             f"WHEN NOT MATCHED THEN INSERT ({', '.join(opened)}) VALUES ({', '.join(f's.{k}' for k in opened)})",
             f"WHEN NOT MATCHED BY SOURCE AND t.{IS_CURRENT} THEN {close}",
-        ],
+        ),
     )
-    return change
 
 
 def labels_as_of(ts: datetime) -> Callable[[DataFrame], DataFrame]:

@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from custseg.evaluate import SweepPoint, elbow_k, silhouette_k
+from custseg.segment.evaluate import SweepPoint, elbow_k, silhouette_k
 
 CLEAR = "clear"
 NONE = "none"

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from custseg import columns as c
 from custseg import progress
-from custseg.evaluate import adjusted_rand_index
+from custseg.segment.evaluate import adjusted_rand_index
 
 log = logging.getLogger(__name__)
 

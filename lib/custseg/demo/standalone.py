@@ -12,8 +12,8 @@ even when the body raises::
 or from a shell, which substitutes ``{master}`` and stops the cluster however the command
 ends (its exit code is passed on)::
 
-    python -m custseg.standalone run --work-dir work/spark -- spark-submit --master {master} ...
-    python -m custseg.standalone start --work-dir work/spark    # until Ctrl-C
+    python -m custseg.demo.standalone run --work-dir work/spark -- spark-submit --master {master} ...
+    python -m custseg.demo.standalone start --work-dir work/spark    # until Ctrl-C
 
 It starts processes and nothing else: no SparkSession, nothing of the job.
 """
@@ -197,7 +197,7 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m custseg.standalone", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m custseg.demo.standalone", description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=["run", "start"],
                    help="run: start, run the command after --, stop; start: start and wait for Ctrl-C")  # fmt: skip
     p.add_argument("--work-dir", type=Path, default=Path("data/cluster/spark"), help="logs and scratch space")
