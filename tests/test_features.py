@@ -7,8 +7,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from custseg.config import RfmRule
-from custseg.features import rfm
-from custseg.features.rfm import customer_features, default_as_of
+from custseg.features.rfm import customer_features, default_as_of, rfm_cut_points, rfm_segments
 
 TXN_SCHEMA = "customer_id STRING, source STRING, invoice_id STRING, amount DOUBLE, event_ts TIMESTAMP, txn_type STRING"
 FEATURE_SCHEMA = (
@@ -189,7 +188,7 @@ def test_rfm_segments_name_the_grid_with_explicit_cut_points(spark, tmp_path):
     # recency 5 -> r 5, 15 -> 4, 25 -> 3, 35 -> 2, 45 -> 1; frequency n -> f n (n <= 5)
     rows = [("c1", 5, 5, 50.0), ("c2", 5, 1, 5.0), ("c3", 45, 5, 40.0), ("c4", 25, 3, 10.0), ("c5", None, 0, -5.0)]
     feats = spark.createDataFrame(rows, "customer_id STRING, recency_days INT, frequency LONG, monetary DOUBLE")
-    actual = feats.transform(rfm.rfm_segments(edges, rfm.bins, rfm.segments, rfm.default_segment)).select(
+    actual = feats.transform(rfm_segments(edges, rfm.bins, rfm.segments, rfm.default_segment)).select(
         "customer_id", "r_score", "f_score", "m_score", "rfm_segment"
     )
     expected = spark.createDataFrame(
@@ -211,7 +210,7 @@ def test_rfm_overlapping_rules_first_match_wins_else_other(spark):
     feats = spark.createDataFrame(
         [("a", 5, 2, 1.0), ("b", 50, 1, 1.0)], "customer_id STRING, recency_days INT, frequency LONG, monetary DOUBLE"
     )
-    actual = feats.transform(rfm.rfm_segments(edges, 2, rules, "Other")).select("customer_id", "rfm_segment")
+    actual = feats.transform(rfm_segments(edges, 2, rules, "Other")).select("customer_id", "rfm_segment")
     expected = spark.createDataFrame([("a", "Best"), ("b", "Other")], "customer_id STRING, rfm_segment STRING")
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
@@ -220,7 +219,7 @@ def test_rfm_cut_points_are_quantiles_of_customers_with_a_purchase(spark, tmp_pa
     rfm = _default_rfm(tmp_path)
     rows = [(f"c{i}", i, 1, float(10 * i)) for i in range(1, 11)] + [("none", None, 0, 0.0)]
     feats = spark.createDataFrame(rows, "customer_id STRING, recency_days INT, frequency LONG, monetary DOUBLE")
-    edges = rfm.rfm_cut_points(feats, rfm)
+    edges = rfm_cut_points(feats, rfm)
     # quintile edges of 1..10 are 2, 4, 6, 8; every frequency is 1, so its edges coincide
     assert edges == {"recency_days": [2.0, 4.0, 6.0, 8.0], "frequency": [1.0] * 4,
                      "monetary": [20.0, 40.0, 60.0, 80.0]}  # fmt: skip
