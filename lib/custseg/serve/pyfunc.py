@@ -75,6 +75,17 @@ def signature(artefact: dict[str, Any]) -> Any:
     return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("long", c.SEGMENT_ID)]))
 
 
+def input_example(artefact: dict[str, Any]) -> Any:
+    """One customer with every model feature (1.0, or the first category): mlflow scores
+    it once when saving, which checks that the model loads, and keeps it as the example
+    request that Databricks Model Serving shows."""
+    import pandas as pd
+
+    row = {f["name"]: 1.0 for f in artefact["numeric"]}
+    row.update({f["name"]: (f["labels"] or [""])[0] for f in artefact["categorical"]})
+    return pd.DataFrame([row])
+
+
 def _model_files(artefact: dict[str, Any], work: Path) -> dict[str, Any]:
     """What save_model and log_model both take: the code, its scorer, the artefact."""
     from custseg.serve import artefact as artefacts  # Spark's side, only when exporting
@@ -86,6 +97,7 @@ def _model_files(artefact: dict[str, Any], work: Path) -> dict[str, Any]:
         "code_paths": [str(code)],
         "artifacts": {ARTEFACT_NAME: str(artefacts.save(artefact, work / "scorer.json"))},
         "signature": signature(artefact),
+        "input_example": input_example(artefact),
         "pip_requirements": requirements(),
         "metadata": {"custseg_model_version": artefact["model_version"], "scorer_format": scorer.FORMAT_VERSION},
     }
