@@ -140,6 +140,7 @@ def percentiles(seconds: np.ndarray) -> dict[str, float]:
 
 def measure(model_dir: Path, singles: int, batches: int, batch_size: int) -> dict:
     """Latency per single-customer request and per batch, served and in process."""
+    load = os.getloadavg()[0]  # other work on the machine shows in the p99s: say how busy it was
     loaded = scorer.load(model_dir / "artifacts" / "scorer.json")
     one_each = customers(loaded.artefact, singles, seed=1)
     batch = customers(loaded.artefact, batch_size, seed=2)
@@ -155,7 +156,7 @@ def measure(model_dir: Path, singles: int, batches: int, batch_size: int) -> dic
     results["in process, 1 customer"] = percentiles(timed(lambda i: loaded.score(rows[i]), singles))
     results[f"in process, {batch_size:,} customers"] = percentiles(timed(lambda i: loaded.score(batch), batches))
     return {"model_version": loaded.model_version, "clusterer": loaded.artefact["clusterer"]["kind"],
-            "features": len(loaded.features), "results": results}  # fmt: skip
+            "features": len(loaded.features), "results": results, "load": load}  # fmt: skip
 
 
 def write(measured: dict) -> Path:
@@ -165,16 +166,18 @@ def write(measured: dict) -> Path:
         "# Serving latency",
         "",
         "The exported scorer (`custseg export-scorer`) behind `mlflow models serve --env-manager local` (one "
-        "uvicorn worker), measured by `python -m benchmarks.serving`: each request is timed from the client, "
-        "over one kept-alive connection, one request at a time; `in process` is the numpy scorer alone on the "
-        "same inputs. Milliseconds.",
+        "uvicorn worker), measured by `python -m benchmarks.serving`: each request is timed from the client "
+        "(its JSON encoding included), over one kept-alive connection, one request at a time, with client and "
+        "server on the same machine; `in process` is the numpy scorer alone on the same inputs (a DataFrame in, "
+        "segment ids out). Milliseconds.",
         "",
         "| what | p50 | p99 | requests |",
         "| --- | ---: | ---: | ---: |",
         *(f"| {what} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['n']:,} |" for what, r in results.items()),
         "",
         f"Model `{measured['model_version']}` ({measured['clusterer']}, {measured['features']} features). "
-        f"Run {when} on {cpu_model()}, {os.cpu_count()} cores, {ram_bytes() / (1 << 30):.1f} GiB RAM; "
+        f"Run {when} on {cpu_model()}, {os.cpu_count()} cores, {ram_bytes() / (1 << 30):.1f} GiB RAM "
+        f"(1-minute load average {measured['load']:.1f} at the start); "
         f"{platform.system()} {platform.release()}; Python {platform.python_version()}; "
         f"mlflow {version('mlflow')}, numpy {version('numpy')}, pandas {version('pandas')}.",
         "",
@@ -187,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, type=Path, help="an exported scorer: <model>-scorer")
     p.add_argument("--singles", type=int, default=2000, help="single-customer requests to time")
-    p.add_argument("--batches", type=int, default=100, help="batch requests to time")
+    p.add_argument("--batches", type=int, default=300, help="batch requests to time")
     p.add_argument("--batch-size", type=int, default=1000, help="customers per batch request")
     args = p.parse_args(argv)
     if not (args.model / "MLmodel").is_file():
