@@ -5,6 +5,7 @@ the exported mlflow model behind a real ``mlflow models serve``."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from custseg import cli, model
 from custseg import columns as c
 from custseg.serve import artefact, pyfunc, scorer
 from tests.conftest import make_config
+from tests.test_e2e import run_cli
 from tests.test_realistic import realistic_lake  # noqa: F401 - the realistic lake, built once per run
 
 SERVER_START_TIMEOUT = 120.0  # seconds for `mlflow models serve` to answer /ping
@@ -203,3 +205,28 @@ def test_export_without_mlflow_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
     with pytest.raises(pyfunc.MlflowMissingError, match=r"pip install 'custseg\[mlflow\]'"):
         pyfunc.require_mlflow()
+
+
+def test_logged_model_registers_and_loads_from_the_registry(exported, tmp_path):
+    # What Databricks Model Serving takes: a registered version of the logged model.
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        mlflow.set_experiment("serve-test")
+        art = scorer.load(exported[0] / "artifacts" / "scorer.json").artefact
+        with mlflow.start_run():
+            pyfunc.log_model(art, registered_model_name="segment_scorer")
+        loaded = mlflow.pyfunc.load_model("models:/segment_scorer/1")
+        customer = pd.DataFrame([{"recency_days": 10.0, "frequency": 4.0, "monetary": 250.0, "avg_order_value": 62.5}])
+        assert np.asarray(loaded.predict(customer)).tolist() == scorer.Scorer(art).score(customer).tolist()
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_main_export_scorer_without_a_model_exits_2(spark, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)  # an empty lake: no model on record
+    assert run_cli("export-scorer") == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "no model on record" in errors[0] and "run the segment job first" in errors[0]
