@@ -1,7 +1,7 @@
 """A saved segmentation PipelineModel as a plain JSON artefact: every fitted parameter the
 numpy scorer (``custseg.serve.scorer``) needs, and nothing that needs Spark to read.
 
-The parameters come from the public ``pyspark.ml`` API (no SparkContext, no JVM
+The parameters come from the public ``pyspark.ml`` API (no driver-side JVM
 handles), so this runs over Spark Connect too. Two stages are our own SQLTransformers,
 whose parameters live in their SQL: the input transform (caps and log1p) and the
 segment numbering. Their statements are parsed, then rebuilt with the very functions
