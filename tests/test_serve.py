@@ -73,8 +73,16 @@ def test_scorer_equals_spark_for_other_clusterers(spark, demo_lake, demo_config,
     )
     features, _ = model.read_features(spark, cfg)
     fitted, result = model.fit(spark, features, cfg, f"serve-{algorithm}")
-    both = spark_and_numpy(spark, cfg, PipelineModel.load(result.model_path), result.model_path, features)
-    assert_all_agree(both, report, f"demo, {algorithm}")
+    # Far from every centre: a mixture's pdfs all underflow, so MLlib's EPSILON + w x pdf
+    # ties and component 0 wins (log space would pick another).
+    far = features.limit(3).select(
+        F.concat(F.lit("far-"), c.CUSTOMER_ID).alias(c.CUSTOMER_ID),
+        *[F.col(f) for f in features.columns if f not in (c.CUSTOMER_ID, c.MONETARY)],
+        F.lit(1e12).alias(c.MONETARY),
+    )
+    scored = features.unionByName(far)
+    both = spark_and_numpy(spark, cfg, PipelineModel.load(result.model_path), result.model_path, scored)
+    assert_all_agree(both, report, f"demo + 3 far-away customers, {algorithm}")
 
 
 def test_scorer_walks_the_bisecting_tree_on_sparse_vectors(spark, tmp_path, report):
@@ -230,3 +238,25 @@ def test_main_export_scorer_without_a_model_exits_2(spark, tmp_path, monkeypatch
     assert run_cli("export-scorer") == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "no model on record" in errors[0] and "run the segment job first" in errors[0]
+
+
+def kmeans_artefact(centres: list[list[float]], segments: dict[str, int]) -> dict:
+    """A hand-made artefact: two numeric features as they are, no PCA, the given centres."""
+    return {
+        "format": scorer.FORMAT, "format_version": scorer.FORMAT_VERSION, "model_version": "hand-made",
+        "numeric": [{"name": "x", "cap": None, "log1p": False}, {"name": "y", "cap": 10.0, "log1p": False}],
+        "categorical": [],
+        "scaler": {"with_mean": True, "with_std": True, "mean": [0.0, 0.0], "std": [1.0, 2.0]},
+        "pca": None,
+        "clusterer": {"kind": "kmeans", "distance": "euclidean", "centres": centres},
+        "segments": segments,
+    }  # fmt: skip
+
+
+def test_scorer_breaks_ties_to_the_lower_cluster_as_mllib():
+    s = scorer.Scorer(kmeans_artefact([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]], {"0": 2, "1": 0, "2": 1}))
+    customers = pd.DataFrame({"x": [0.0, -0.4, 0.1, 0.0, 5.0], "y": [0.0, 0.0, 100.0, -2.0, None]})
+    # (0, 0) is at distance 1 from all three centres: cluster 0 (segment 2). (-0.4, 0): cluster 1.
+    # y = 100 is capped at 10, then scaled by 1/2: (0.1, 5) is nearest cluster 2. (0, -2) scales
+    # to (0, -1), as near cluster 0 as cluster 1: cluster 0 again. A missing y: -1.
+    assert s.score(customers).tolist() == [2, 0, 1, 2, -1]
