@@ -209,6 +209,14 @@ def test_exported_model_loads_with_mlflow_and_needs_only_numpy_and_pandas(export
     assert np.asarray(loaded.predict(customer)).shape == (1,)
 
 
+def test_export_refuses_an_object_storage_uri_and_a_folder_that_is_not_a_model(tmp_path):
+    with pytest.raises(pyfunc.ExportError, match="log_model"):
+        pyfunc.save(kmeans_artefact([[0.0, 0.0]], {"0": 0}), "s3://bucket/models/v1-scorer")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(pyfunc.ExportError, match="is not an exported model"):
+        pyfunc.save(kmeans_artefact([[0.0, 0.0]], {"0": 0}), tmp_path / "taken")
+
+
 def test_export_without_mlflow_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
     with pytest.raises(pyfunc.MlflowMissingError, match=r"pip install 'custseg\[mlflow\]'"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -107,6 +108,9 @@ def save(artefact: dict[str, Any], out_dir: str | Path) -> Path:
     """Write the mlflow model of ``artefact`` to ``out_dir``, replacing an earlier export
     there (a folder with an MLmodel file); any other existing folder is refused."""
     mlflow = require_mlflow()
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/", str(out_dir)):  # s3://, dbfs:/, abfss://: not a folder here
+        raise ExportError(f"{out_dir}: a model is written to a local folder; for a model saved on object storage, "
+                          "log it to mlflow with custseg.serve.pyfunc.log_model (docs/serving.md)")  # fmt: skip
     out = Path(out_dir)
     if out.exists():
         if not (out / "MLmodel").is_file():
