@@ -19,5 +19,5 @@ def test_no_entry_point_shadows_a_standard_library_module():
 
 
 def test_every_entry_point_runs_a_known_stage_and_every_stage_has_one():
-    stages = {re.search(r'main\(\["(\w+)"', p.read_text()).group(1) for p in JOBS}
+    stages = {re.search(r'main\(\["([\w-]+)"', p.read_text()).group(1) for p in JOBS}
     assert stages == set(cli.STAGES)

@@ -37,6 +37,7 @@ from custseg.io import ConcurrentWriteError, PrerequisiteError
 from custseg.redaction import install_log_redaction
 from custseg.segment import job as segment_job
 from custseg.segment.evaluate import adjusted_rand_index
+from custseg.serve import artefact, pyfunc
 from custseg.spark import (
     ConnectServerUnreachableError,
     MasterUnreachableError,
@@ -51,7 +52,7 @@ ENV_VAR = "CUSTSEG_ENV"
 # Exit code 2, one line, no traceback (unless --debug): what the user can fix.
 USER_ERRORS = (
     ConfigError, SourceError, PrerequisiteError, MissingJarsError, MasterUnreachableError,
-    ConnectServerUnreachableError, ConcurrentWriteError,
+    ConnectServerUnreachableError, ConcurrentWriteError, artefact.UnsupportedModelError, pyfunc.ExportError,
 )  # fmt: skip
 
 
@@ -151,6 +152,18 @@ def run_score(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
     return {"new": change.new, "moved": change.changed, "unchanged": change.unchanged, "gone": change.gone}
 
 
+def run_export_scorer(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
+    """The saved model (the latest, or segment.score_model) as an mlflow model beside it,
+    ``<model>-scorer``, that scores in plain numpy (custseg.serve, docs/serving.md)."""
+    fitted, record = segment_job.latest_model(spark, cfg, cfg.segment.score_model)
+    scorer = artefact.from_pipeline(spark, fitted, record["model_path"])
+    scorer["model_version"] = record["model_version"]
+    out = pyfunc.save(scorer, f"{record['model_path'].rstrip('/')}-scorer")
+    print(f"Scorer of model {record['model_version']}: {out}\n"
+          f"  serve it: mlflow models serve -m {out} --env-manager local -p 5000")  # fmt: skip
+    return {"segments": len(scorer["segments"]), "features": len(scorer["numeric"]) + len(scorer["categorical"])}
+
+
 def run_stage(name: str, spark: SparkSession, cfg: Config, run_id: str) -> None:
     with progress.stage(name) as counts:
         counts.update(STAGES[name][0](spark, cfg, run_id) or {})
@@ -218,6 +231,11 @@ STAGES: dict[str, tuple[Callable[[SparkSession, Config, str], Counts | None], st
         run_score,
         "label the customers in the features table with the latest saved model (or segment.score_model), "
         "without refitting",
+    ),
+    "export-scorer": (
+        run_export_scorer,
+        "write the latest saved model (or segment.score_model) as an mlflow model that scores in plain numpy, "
+        "beside it as <model>-scorer (needs custseg[mlflow])",
     ),
     "run": (run_all, "ingest, features, segment, profile and report in order, then print the segments"),
     "demo": (run_demo, "generate the demo sources, run everything, and score against the planted truth"),
