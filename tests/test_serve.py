@@ -174,7 +174,7 @@ def exported(spark, demo_lake, demo_config, tmp_path_factory) -> tuple[Path, str
     shutil.copytree(record["model_path"], copy)
     moved = {**record.asDict(), "model_path": str(copy)}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model, "latest_model", lambda *_args, **_kw: (fitted, moved))
+        patch.setattr(segment_job, "latest_model", lambda *_args, **_kw: (fitted, moved))
         counts = cli.run_export_scorer(spark, demo_config, "export-run")
     assert counts == {"segments": record["k"], "features": len(demo_config.segment.features)}
     return Path(f"{copy}-scorer"), str(copy)
