@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 from pyspark.sql import functions as F
-from scipy.special import gammaln, hyp2f1
 
 from custseg.value import bgnbd
 from custseg.value.fitting import ModelNotIdentifiedError
 from custseg.value.summary import compress_frequency
 from tests.conftest import cdnow_file
+from tests.value_reference import reference_expected, reference_ll
 
 # FHL 2005, Table 1 / Hardie's spreadsheet; the fit's own digits (to 1e-4) for the
 # per-customer log-likelihoods, which the spreadsheet shows at its unrounded estimates.
@@ -22,23 +21,6 @@ PUBLISHED = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
 PUBLISHED_LL = -9582.4
 SPREADSHEET = {"r": 0.2426, "alpha": 4.4136, "a": 0.7930, "b": 2.4259}
 TUPLES = "x long, t_x double, T double"
-
-
-def reference_ll(x: float, t_x: float, big_t: float, r: float, alpha: float, a: float, b: float) -> float:
-    """The per-customer log-likelihood with scipy, in the same log-sum-exp form."""
-    a12 = gammaln(r + x) - gammaln(r) + r * math.log(alpha) + gammaln(a + b) + gammaln(b + x) - gammaln(b)
-    a12 -= gammaln(a + b + x)
-    a3 = -(r + x) * math.log(alpha + big_t)
-    a4 = math.log(a) - math.log(b + x - 1) - (r + x) * math.log(alpha + t_x) if x > 0 else -math.inf
-    return a12 + np.logaddexp(a3, a4)
-
-
-def reference_expected(t: float, x: float, t_x: float, big_t: float, r: float, alpha: float, a: float, b: float):
-    """FHL 2005 eq. 10 as printed, with scipy's hyp2f1."""
-    z = t / (alpha + big_t + t)
-    bought = (a + b + x - 1) / (a - 1) * (1 - ((alpha + big_t) / (alpha + big_t + t)) ** (r + x)
-                                          * hyp2f1(r + x, b + x, a + b + x - 1, z))  # fmt: skip
-    return bought / (1 + (x > 0) * a / (b + x - 1) * ((alpha + big_t) / (alpha + t_x)) ** (r + x))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from custseg.value.summary import btyd_summary, compress_frequency, compress_spend, holdout_purchases
 from tests.conftest import cdnow_file
+from tests.value_reference import cdnow_sample_transactions
 
 TXNS = "customer_id string, amount double, event_ts timestamp, txn_type string"
 SUMMARY = (
@@ -89,18 +90,6 @@ def test_compress_frequency_and_spend_count_customers_per_tuple(spark):
     spend = spark.createDataFrame([(2, 10.0, 2)], "x long, mean_spend double, customers long")
     assert_df_equality(summary.transform(compress_frequency), frequency, ignore_row_order=True, ignore_nullable=True)
     assert_df_equality(summary.transform(compress_spend), spend, ignore_row_order=True, ignore_nullable=True)
-
-
-def cdnow_sample_transactions(spark: SparkSession) -> DataFrame:
-    """CDNOW_sample.txt (whitespace, no header: master id, sample id, yyyyMMdd, CDs, dollars)
-    as canonical purchases, the customer id being the sample's own id, as in the summaries."""
-    fields = F.split(F.trim(F.col("value")), r"\s+")
-    return spark.read.text(str(cdnow_file("CDNOW_sample.txt"))).select(
-        fields[1].cast("int").cast("string").alias("customer_id"),
-        fields[4].cast("double").alias("amount"),
-        F.to_timestamp(fields[2], "yyyyMMdd").alias("event_ts"),
-        F.lit("purchase").alias("txn_type"),
-    )
 
 
 def test_btyd_summary_of_the_raw_cdnow_sample_matches_the_published_summary(spark):
