@@ -111,8 +111,10 @@ def check_identified(tuples: DataFrame) -> tuple[int, int]:
     return customers, int(row["tuples"])
 
 
-def fit(tuples: DataFrame) -> Fit:
-    """The maximum-likelihood BG/NBD fit on compressed (x, t_x, T, customers) tuples.
+def fit(tuples: DataFrame, start: Sequence[float] | None = None) -> Fit:
+    """The maximum-likelihood BG/NBD fit on compressed (x, t_x, T, customers) tuples,
+    from ``start`` (r, alpha, a, b; default all 1: the estimates of a related fit, such as
+    the one before the holdout, save most of the optimiser's evaluations).
 
     After one aggregate that checks the data can identify the model, the tuples are
     cached for the fit's aggregates (one per optimiser evaluation) and released after it.
@@ -120,7 +122,7 @@ def fit(tuples: DataFrame) -> Fit:
     customers, n_tuples = check_identified(tuples)
     cached = working_set(tuples, n_tuples)
     try:
-        return maximise(MODEL, cached, LIKELIHOOD, START, customers, n_tuples)
+        return maximise(MODEL, cached, LIKELIHOOD, start or START, customers, n_tuples)
     finally:
         cached.unpersist()
 

@@ -8,8 +8,9 @@ Two views, as in Fader, Hardie & Lee (2005, figures 4 and 5):
 * over time, the cumulative repeat purchases of the calibration's customers, actual
   against expected. A customer who first bought at d has E[X(s - d)] repeat purchases by
   time s (the model's unconditional expectation), so the expected curve is, per period s,
-  the sum over cohorts of first-purchase days of n_d E[X(s - d)]: computed on the
-  (period x cohort) grid, a few thousand rows however many the customers are.
+  the sum over cohorts of first-purchase days of n_d E[X(s - d)]: E[X] once per distinct
+  lag s - d, summed over the (period x cohort) grid, a few thousand rows however many
+  the customers are.
 """
 
 from __future__ import annotations
@@ -155,12 +156,21 @@ def cumulative_curve(
     cohorts = summary.groupBy(F.datediff(c.FIRST_PURCHASE, origin_lit).alias("_cohort")).agg(
         F.count(F.lit(1)).alias(CUSTOMERS)
     )
-    since_first = (F.col("_offset") - F.col("_cohort")) / F.lit(float(days_per_unit))
-    expected = (
+    pairs = (
         grid.crossJoin(cohorts)
         .where(F.col("_cohort") <= F.col("_offset"))
+        .select(PERIOD, (F.col("_offset") - F.col("_cohort")).alias("_lag"), CUSTOMERS)
+    )
+    # E[X] depends on the days since the first purchase alone: one series per distinct lag
+    # (at most the history's days), not one per period and cohort
+    since_first = F.col("_lag") / F.lit(float(days_per_unit))
+    per_lag = (
+        pairs.select("_lag").distinct().select("_lag", bgnbd.expected_purchases_new(params, since_first).alias("_e"))
+    )
+    expected = (
+        pairs.join(per_lag, on="_lag", how="inner")
         .groupBy(PERIOD)
-        .agg(F.sum(F.col(CUSTOMERS) * bgnbd.expected_purchases_new(params, since_first)).alias(EXPECTED))
+        .agg(F.sum(F.col(CUSTOMERS) * F.col("_e")).alias(EXPECTED))
     )
     repeats = (
         txns.transform(purchase_days(end))

@@ -69,11 +69,14 @@ SET = "_set"  # which parameter set a row of the cross join is scored at
 
 
 def _parameter_sets(spark: SparkSession, likelihood: Likelihood, sets: Sequence[Sequence[float]]) -> DataFrame:
-    """One row per parameter set: its number and its literals (a few rows, made on the driver)."""
-    rows = [{SET: i, **likelihood.literals(params)} for i, params in enumerate(sets)]
-    names = list(rows[0])
-    schema = ", ".join(f"`{n}` {'int' if n == SET else 'double'}" for n in names)
-    return spark.createDataFrame([tuple(row[n] for n in names) for row in rows], schema)
+    """One row per parameter set: its number and its literals. Made by the JVM from
+    literals (inline of an array of structs), not by createDataFrame, whose rows would
+    come from a Python RDD that a Python worker must read at every evaluation."""
+    rows = [
+        F.struct(F.lit(i).alias(SET), *[F.lit(float(v)).alias(k) for k, v in likelihood.literals(params).items()])
+        for i, params in enumerate(sets)
+    ]
+    return spark.range(1).select(F.inline(F.array(*rows)))
 
 
 def scored(tuples: DataFrame, likelihood: Likelihood, sets: Sequence[Sequence[float]],
