@@ -116,7 +116,10 @@ def btyd_summary(as_of: dt.date, unit: str) -> Callable[[DataFrame], DataFrame]:
             .where(F.col(c.FIRST_PURCHASE).isNotNull())
         )
         x = F.col("_occasions") - F.lit(1)
-        net_share = F.greatest(F.col("_gross") + F.col("_returned"), F.lit(0.0)) / F.col("_gross")
+        # a guarded division: with ANSI SQL (Spark 4's default) a zero divisor is an error
+        net_share = F.when(
+            F.col("_gross") > 0, F.greatest(F.col("_gross") + F.col("_returned"), F.lit(0.0)) / F.col("_gross")
+        ).otherwise(F.lit(0.0))
         mean_spend = (F.col("_gross") - F.col("_first_value")) / x * net_share
         return per_customer.select(
             c.CUSTOMER_ID,
