@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -121,9 +121,9 @@ class Fit:
     iterations: int
     evaluations: int
     message: str
-    extra: dict[str, float] = field(default_factory=dict)
 
     def values(self) -> list[float]:
+        """The estimates in the model's parameter order, as its predictions take them."""
         return list(self.params.values())
 
 
