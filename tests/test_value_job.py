@@ -105,3 +105,11 @@ def test_main_value_without_a_transactions_table_exits_2(spark, workdir, caplog)
     assert run_cli("value") == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [f"no transactions table at {workdir / 'transactions'}: run ingest first"]
+
+
+def test_replace_run_keeps_one_copy_of_a_rerun_and_the_other_runs(spark, tmp_path):
+    ref = io.table_ref(StorageConfig("path", str(tmp_path), None), "fits")
+    schema = "run_id string, value double"
+    io.append(spark.createDataFrame([("r1", 1.0), ("r2", 2.0)], schema), ref)
+    job._replace_run(spark, spark.createDataFrame([("r1", 3.0)], schema), ref, "r1")
+    assert sorted(tuple(r) for r in io.read(spark, ref).collect()) == [("r1", 3.0), ("r2", 2.0)]
