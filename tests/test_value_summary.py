@@ -43,6 +43,9 @@ def txns(spark: SparkSession) -> DataFrame:
         ("c4", 8.0, ts("2024-01-02"), "purchase"),
         ("c4", 0.0, ts("2024-01-05"), "void"),
         ("c4", 3.0, ts("2024-01-06"), "adjustment"),
+        # no customer id: nobody's purchase
+        (None, 9.0, ts("2024-01-04"), "purchase"),
+        (None, 9.0, ts("2024-01-09"), "purchase"),
         # c5: returns worth more than the purchases (goods bought before the data): spend 0
         ("c5", 12.0, ts("2024-01-02"), "purchase"),
         ("c5", 6.0, ts("2024-01-09"), "purchase"),

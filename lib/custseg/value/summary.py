@@ -75,7 +75,8 @@ def purchase_days(end: dt.date, start: dt.date | None = None) -> Callable[[DataF
 
     def transform(txns: DataFrame) -> DataFrame:
         days = (
-            txns.where(_in_window(start, end) & (_is_purchase() | _is_return()))
+            # a line without a customer id (ingest quarantines them) is nobody's purchase
+            txns.where(_in_window(start, end) & (_is_purchase() | _is_return()) & F.col(c.CUSTOMER_ID).isNotNull())
             .groupBy(c.CUSTOMER_ID, F.to_date(c.EVENT_TS).alias(DAY))
             .agg(
                 F.sum(F.when(_is_purchase(), F.col(c.AMOUNT))).alias(DAY_VALUE),
