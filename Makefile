@@ -1,19 +1,20 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up, generate the demo data, run the whole pipeline, print the segments
 #   make test   set up and run the test suite
-# Setup (a virtualenv with pinned packages, and the Delta jars in .cache/jars) runs
-# once; after that everything works offline.
+# Setup (a virtualenv with pinned packages, the Delta jars in .cache/jars and the CDNOW
+# test data in .cache/cdnow) runs once; after that everything works offline.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JARS   := .cache/jars/.complete
+CDNOW  := .cache/cdnow/.complete
 CLUSTER := data/cluster
 
-.PHONY: setup jars browser demo test lint package cluster-demo clean
+.PHONY: setup jars cdnow browser demo test lint package cluster-demo clean
 
-setup: $(STAMP) $(JARS)
+setup: $(STAMP) $(JARS) $(CDNOW)
 
 $(STAMP): requirements.txt requirements-dev.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,14 @@ jars: $(JARS)
 
 $(JARS): $(STAMP) deps/pom.xml deps/fetch_jars.py
 	$(PY) deps/fetch_jars.py
+	touch $@
+
+# The CDNOW data the customer-value tests check the published BG/NBD and Gamma-Gamma fits
+# on: the files inside the lifetimes wheel on PyPI, downloaded once, not installed.
+cdnow: $(CDNOW)
+
+$(CDNOW): $(STAMP) deps/fetch_cdnow.py
+	$(PY) deps/fetch_cdnow.py
 	touch $@
 
 demo: setup

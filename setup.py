@@ -20,6 +20,7 @@ setup(
         "pyarrow>=18",
         "PyYAML>=6",
         "matplotlib>=3.8",
+        "scipy>=1.11",
     ],
     extras_require={
         "connect": ["pyspark[connect]>=4.2,<4.3"],

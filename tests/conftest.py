@@ -54,6 +54,18 @@ DEMO_RUN_ID = "demo-run"
 
 _RESULTS: list[str] = []
 
+# The CDNOW data (Fader, Hardie & Lee's sample and summaries), extracted once by setup.
+CDNOW = ROOT / ".cache" / "cdnow"
+
+
+def cdnow_file(name: str) -> Path:
+    """A CDNOW data file from .cache/cdnow; a failure that names the fix when setup has
+    not fetched them (a test that silently skipped would hide the published checks)."""
+    path = CDNOW / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `make cdnow` (part of `make setup`) to fetch the CDNOW data once")
+    return path
+
 
 def make_config(tmp: Path, *overrides: str) -> Config:
     """The real base + local config, pointed at ``tmp`` and shrunk for tests."""

@@ -45,6 +45,8 @@ from custseg.spark import (
     garbage_collected_at_the_end,
     get_spark,
 )
+from custseg.value import job as value_job
+from custseg.value.fitting import ModelNotIdentifiedError
 
 log = logging.getLogger("custseg")
 
@@ -53,6 +55,7 @@ ENV_VAR = "CUSTSEG_ENV"
 USER_ERRORS = (
     ConfigError, SourceError, PrerequisiteError, MissingJarsError, MasterUnreachableError,
     ConnectServerUnreachableError, ConcurrentWriteError, artefact.UnsupportedModelError, pyfunc.ExportError,
+    ModelNotIdentifiedError,
 )  # fmt: skip
 
 
@@ -142,6 +145,22 @@ def run_report(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
     tracking.log_report(cfg, result.run_id, str(Path(result.path).parent))
     print(f"\nReport: {result.path}")
     return {"plots": len(result.plots)}
+
+
+def run_value(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
+    result = value_job.run(spark, cfg, run_id)
+    for fit in (result.calibration, result.purchases, result.spend):
+        if fit is not None:
+            estimates = ", ".join(f"{k} {v:.4g} (SE {fit.std_errors[k]:.2g})" for k, v in fit.params.items())
+            period = "before the holdout" if fit is result.calibration else "all history"
+            print(f"{fit.model} ({period}): {estimates}; log-likelihood {fit.log_likelihood:.1f}"
+                  f"{'' if fit.converged else '; NOT converged: ' + fit.message}")  # fmt: skip
+    if result.holdout is not None:
+        h = result.holdout
+        print(f"Holdout: {h.actual:.0f} repeat purchases by {h.customers} customers, {h.expected:.1f} expected, "
+              f"mean absolute error {h.mae:.3f} per customer")  # fmt: skip
+    print(f"Customer value: {io.table_ref(cfg.storage, cfg.tables.customer_value)}")
+    return {"customers": result.purchases.customers}
 
 
 def run_score(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
@@ -236,6 +255,10 @@ STAGES: dict[str, tuple[Callable[[SparkSession, Config, str], Counts | None], st
         run_export_scorer,
         "write the latest saved model (or segment.score_model) as an mlflow model that scores in plain numpy, "
         "beside it as <model>-scorer (needs custseg[mlflow])",
+    ),
+    "value": (
+        run_value,
+        "fit BG/NBD and Gamma-Gamma on the transactions: P(alive), expected purchases and spend, CLV per customer",
     ),
     "run": (run_all, "ingest, features, segment, profile and report in order, then print the segments"),
     "demo": (run_demo, "generate the demo sources, run everything, and score against the planted truth"),

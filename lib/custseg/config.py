@@ -74,6 +74,9 @@ class TablesConfig:
     feature_profiles: str  # per segment and feature: mean, median, z-score
     stability: str  # per refit: adjusted Rand index against the labels
     segment_stability: str  # per segment: best-match Jaccard, stable or not
+    customer_value: str = "customer_value"  # per customer: P(alive), expected purchases and spend, CLV
+    value_fits: str = "customer_value_fits"  # per run and model: parameters, standard errors, holdout metrics
+    value_evaluation: str = "customer_value_evaluation"  # per run: the holdout's frequency groups and curve
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,18 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class ValueConfig:
+    """The customer-value stage (custseg.value): BG/NBD and Gamma-Gamma."""
+
+    unit: Literal["days", "weeks"] = "weeks"  # the models' time unit
+    horizon_months: int = 12  # expected purchases and CLV over the next this many months
+    holdout_days: int = 0  # > 0: fit on the history before the last this many days, score on them; 0: no holdout
+    monthly_discount_rate: float = 0.01  # CLV discounts each month's expected spend at this rate
+    margin: float = 1.0  # the share of spend that is profit (1: CLV in revenue)
+    frequency_groups: int = 7  # the holdout table's groups of calibration frequency: 0 .. 7+
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     enabled: bool  # log runs when mlflow is installed (pip install custseg[mlflow]); false: never
     tracking_uri: str | None  # None: a local store in ./mlruns (or $MLFLOW_TRACKING_URI when set)
@@ -198,6 +213,7 @@ class Config:
     stability: StabilityConfig
     report: ReportConfig = field(default_factory=lambda: ReportConfig("reports", 300, True))
     mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(True, None, "custseg"))
+    value: ValueConfig = field(default_factory=ValueConfig)
     sources: tuple[SourceConfig, ...] = field(default=())
     customers: CustomerSourceConfig | None = None
 
@@ -283,6 +299,12 @@ class Config:
         for i, rule in enumerate(rfm.segments):
             scores = [*rule.r, *rule.f]
             check(all(1 <= v <= rfm.bins for v in scores), f"rfm.segments[{i}]", f"scores must be 1..{rfm.bins}")
+        value = self.value
+        check(value.horizon_months >= 1, "value.horizon_months", "must be at least 1")
+        check(value.holdout_days >= 0, "value.holdout_days", "must be 0 (no holdout) or more")
+        check(0 <= value.monthly_discount_rate < 1, "value.monthly_discount_rate", "must be in [0, 1)")
+        check(0 < value.margin <= 1, "value.margin", "must be in (0, 1]")
+        check(value.frequency_groups >= 1, "value.frequency_groups", "must be at least 1")
         names = [s.name for s in self.sources]
         check(len(names) == len(set(names)), "ingest.sources", f"source names must be unique, got {names}")
         check(c.ALL_SOURCES not in names, "ingest.sources",
