@@ -113,8 +113,9 @@ def lake_table(spark, lake: Path, name: str):
     [
         ORDER.format(id="W2", customer='"206"', items=ITEMS),  # a text where an object is mapped
         ORDER.format(id="W2", customer='{"id":"8"}', items=ITEMS[1:-1]),  # an object where an array is exploded
+        ORDER.format(id="W2", customer='{"id":"8"}', items='["X"]'),  # a text where an array's objects are mapped
     ],
-    ids=["customer_a_string", "items_an_object"],
+    ids=["customer_a_string", "items_an_object", "items_of_text"],
 )
 def test_main_ingest_json_record_of_another_shape_is_quarantined_and_the_rest_loads(spark, lake, capsys, caplog, bad):
     good = [ORDER.format(id=f"W{i}", customer=f'{{"id":"{i}"}}', items=ITEMS) for i in (1, 3)]

@@ -113,17 +113,28 @@ def _json_in_mapped_shapes(df: DataFrame, src: SourceConfig, reader: DataFrameRe
     if df.columns == [MALFORMED] or _mapping_error(df, src) is None:
         return df
     texts = [f.name for f in df.schema.fields if f.name != MALFORMED and isinstance(f.dataType, StringType)]
-    if not texts:
+    # An array of text: its elements disagree (``"items": ["X"]`` beside ``[{"sku": ...}]``).
+    lists = [
+        f.name for f in df.schema.fields
+        if isinstance(f.dataType, ArrayType) and isinstance(f.dataType.elementType, StringType)
+    ]  # fmt: skip
+    if not texts and not lists:
         return df
-    shapes = df.select(
-        *[_shape_schema(name, kind).alias(f"{kind}:{name}") for name in texts for kind in ("OBJECT", "ARRAY")]
-    ).first()  # one row
-    types = {}
-    for name in texts:
-        as_object, as_array = (shapes[f"{kind}:{name}"] for kind in ("OBJECT", "ARRAY"))
-        shape = (as_array or as_object) if name == src.explode else (as_object or as_array)
+    types: dict[str, DataType] = {}
+    if texts:
+        shapes = df.select(
+            *[_shape_schema(name, kind).alias(f"{kind}:{name}") for name in texts for kind in ("OBJECT", "ARRAY")]
+        ).first()  # one row
+        for name in texts:
+            as_object, as_array = (shapes[f"{kind}:{name}"] for kind in ("OBJECT", "ARRAY"))
+            shape = (as_array or as_object) if name == src.explode else (as_object or as_array)
+            if shape:
+                types[name] = _text_type(shape)
+    for name in lists:
+        elements = df.select(F.explode(F.col(f"`{name}`")).alias("_element"))
+        shape = elements.select(_shape_schema("_element", "OBJECT")).first()[0]  # one row
         if shape:
-            types[name] = _text_type(shape)
+            types[name] = ArrayType(_text_type(shape))
 
     def read(reshaped: dict[str, DataType]) -> DataFrame:
         fields = [
