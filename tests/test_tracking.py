@@ -105,6 +105,17 @@ def test_unreachable_tracking_server_warns_and_does_not_fail(tmp_path, monkeypat
     assert "mlflow: could not log the report of run r1" in caplog.text
 
 
+def log_segment_run_without_a_server(cfg, caplog) -> tuple[list[tuple[str, str]], float]:
+    """What logging a segment run to ``cfg``'s tracking server logs, and how long it takes."""
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.INFO, logger="custseg.tracking"):
+            assert tracking.log_segment_run(cfg, "r1", None, dt.date(2025, 1, 1), None, None) is None
+    finally:
+        mlflow.set_tracking_uri(None)
+    return [(r.levelname, r.getMessage()) for r in caplog.records], time.monotonic() - started
+
+
 def test_unreachable_tracking_server_is_one_bounded_warning_without_the_secret(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MY_SECRET", "s3cr3t-Zq9x-7731")
@@ -112,14 +123,9 @@ def test_unreachable_tracking_server_is_one_bounded_warning_without_the_secret(t
     cfg = make_config(
         tmp_path, "mlflow.enabled=true", f"mlflow.tracking_uri=http://user:${{MY_SECRET}}@127.0.0.1:{port}"
     )
-    started = time.monotonic()
-    try:
-        with caplog.at_level(logging.INFO, logger="custseg.tracking"):
-            assert tracking.log_segment_run(cfg, "r1", None, dt.date(2025, 1, 1), None, None) is None
-    finally:
-        mlflow.set_tracking_uri(None)
-    assert time.monotonic() - started < 10
-    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+    records, seconds = log_segment_run_without_a_server(cfg, caplog)
+    assert seconds < 10
+    assert records == [
         ("WARNING", f"mlflow: could not log run r1 (TrackingServerUnreachable: tracking server "
                     f"http://user:***@127.0.0.1:{port} is not reachable (Connection refused)); the Delta tables "
                     "are complete"),
@@ -132,14 +138,9 @@ def test_tracking_server_that_accepts_and_never_answers_is_one_bounded_warning(t
     with socket.create_server(("127.0.0.1", 0)) as server:  # the kernel accepts; nobody reads or answers
         port = server.getsockname()[1]
         cfg = make_config(tmp_path, "mlflow.enabled=true", f"mlflow.tracking_uri=http://127.0.0.1:{port}")
-        started = time.monotonic()
-        try:
-            with caplog.at_level(logging.INFO, logger="custseg.tracking"):
-                assert tracking.log_segment_run(cfg, "r1", None, dt.date(2025, 1, 1), None, None) is None
-        finally:
-            mlflow.set_tracking_uri(None)
-    assert time.monotonic() - started < 10
-    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        records, seconds = log_segment_run_without_a_server(cfg, caplog)
+    assert seconds < 10
+    assert records == [
         ("WARNING", f"mlflow: could not log run r1 (TrackingServerUnreachable: tracking server "
                     f"http://127.0.0.1:{port} accepted a connection but did not answer within 3 s); the Delta "
                     "tables are complete"),
