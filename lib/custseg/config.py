@@ -351,14 +351,26 @@ class SourceConfig:
     return_when: str = "false"  # SQL predicate: the line is a return, refund or cancellation (negative quantity is too)
     void_when: str = "false"  # SQL predicate: the order never happened (cancelled before payment)
     non_product_when: str = "false"  # SQL predicate: postage, fees, manual adjustments: kept, not revenue
+    names: list[str] = field(default_factory=list)  # a headerless whitespace file's column names, in order
     file: str = ""  # the mapping file, for messages
 
     def validate(self) -> SourceConfig:
         if self.columns.unit_price is None and self.columns.line_amount is None:
             raise ConfigError(f"{self.file}: columns: map unit_price, line_amount or both")
-        if self.format == "whitespace" and self.options.get("header", "true").lower() != "true":
-            raise ConfigError(f"{self.file}: options.header: whitespace sources need a header line")
+        _check_header_names(self.file, self.format, self.options, self.names)
         return self
+
+
+def _check_header_names(file: str, fmt: str, options: dict[str, str], names: list[str]) -> None:
+    """A whitespace file has a header line, or ``options.header: false`` and ``names``."""
+    headerless = options.get("header", "true").lower() != "true"
+    if names and (fmt != "whitespace" or not headerless):
+        raise ConfigError(f"{file}: names: only for a whitespace source without a header line (options.header: false)")
+    if fmt == "whitespace" and headerless and not names:
+        raise ConfigError(f"{file}: options.header: false: a whitespace source without a header line needs names: "
+                          "[its columns, in order]")  # fmt: skip
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{file}: names: {names} repeats a name")
 
 
 @dataclass(frozen=True)
@@ -376,6 +388,7 @@ class CustomerSourceConfig:
     categorical: dict[str, str] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
     explode: str | None = None  # not used for customer tables; read_source expects it
+    names: list[str] = field(default_factory=list)  # a headerless whitespace file's column names, in order
     file: str = ""
 
     def validate(self) -> CustomerSourceConfig:
@@ -388,6 +401,7 @@ class CustomerSourceConfig:
         bad = [n for n in names if not re.fullmatch(r"[a-z][a-z0-9_]*", n)]
         if bad:
             raise ConfigError(f"{self.file}: attribute names must be snake_case identifiers, got {bad}")
+        _check_header_names(self.file, self.format, self.options, self.names)
         return self
 
 

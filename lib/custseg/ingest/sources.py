@@ -291,7 +291,8 @@ def _printable(text: str, limit: int = 80) -> str:
 
 
 def _read_whitespace(spark: SparkSession, src: SourceConfig, path: str) -> DataFrame | None:
-    """Columns separated by runs of spaces or tabs, with a header line in every file."""
+    """Columns separated by runs of spaces or tabs, with a header line in every file, or
+    none and the mapping's ``names`` (legacy exports often have no header)."""
     lines = spark.read.options(**{k: v for k, v in src.options.items() if k != "header"}).text(path)
     stripped = F.regexp_replace("value", r"^\s+|\s+$", "")  # trim() strips spaces only, not tabs
     first = lines.where(stripped != "").first()
@@ -299,9 +300,9 @@ def _read_whitespace(spark: SparkSession, src: SourceConfig, path: str) -> DataF
         if not lines.inputFiles():
             raise _no_files(src, path)
         return None
-    names = first["value"].split()
+    names = list(src.names) or first["value"].split()
     tokens = F.split(stripped, r"\s+")
-    is_header = tokens == F.array(*[F.lit(n) for n in names])
+    is_header = F.lit(False) if src.names else tokens == F.array(*[F.lit(n) for n in names])
     well_formed = F.size(tokens) == len(names)
     return lines.where((stripped != "") & ~is_header).select(
         *[F.when(well_formed, F.get(tokens, i)).alias(name) for i, name in enumerate(names)],
