@@ -108,7 +108,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> ExportResult:
         [tuple(s[col] for col in crm.SEGMENT_COLUMNS) for s in (last["segments"] or [])] if last is not None else [],
         crm.SEGMENTS_SCHEMA,
     )
-    segments = profiles.select(*crm.SEGMENT_COLUMNS).orderBy(c.SEGMENT_ID).collect()  # k + 1 rows
+    segments = [tuple(r) for r in profiles.collect()]  # k + 1 rows, in memory already
     log.info("export to %s: %s", target,
              "every customer (export.full)" if ex.full else
              f"changes after {watermark} (run {last['run_id']})" if last is not None else "a first export")  # fmt: skip
@@ -134,7 +134,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> ExportResult:
         raise ReconciliationError(f"export to {target}: {changed} customers changed, {sent} rows sent")
 
     finished = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    record = [(run_id, target, ex.format, ex.full, new_watermark, [tuple(s) for s in segments], changed, sent,
+    record = [(run_id, target, ex.format, ex.full, new_watermark, segments, changed, sent,
                applied, finished)]  # fmt: skip
     io.append(spark.createDataFrame(record, EXPORTS_SCHEMA), io.table_ref(cfg.storage, cfg.tables.crm_exports))
     ingest_job.log_export(spark, cfg, run_id, target, changed, sent, applied)
@@ -154,13 +154,16 @@ def _read_inputs(spark: SparkSession, cfg: Config) -> tuple[DataFrame, DataFrame
                                 "the profile job")  # fmt: skip
     features = io.read_required(spark, io.table_ref(cfg.storage, t.features), "customer features", "the features job")
     labels_run = labels.select(c.RUN_ID).first()
-    profiles_runs = sorted({r[c.RUN_ID] for r in profiles.select(c.RUN_ID).distinct().collect()})
+    # k + 1 rows, read once: the names checked here are the names sent and recorded.
+    named = profiles.select(c.RUN_ID, *crm.SEGMENT_COLUMNS).orderBy(c.SEGMENT_ID).collect()
+    profiles_runs = sorted({r[c.RUN_ID] for r in named})
     if labels_run is None or profiles_runs != [labels_run[c.RUN_ID]]:
         # Names of another run's segments would go to the CRM under this run's segment ids.
         raise io.PrerequisiteError(
             f"segment profiles describe run(s) {profiles_runs}, the current labels run "
             f"{labels_run[c.RUN_ID] if labels_run else None!r}: run the profile job first"
         )
+    profiles = spark.createDataFrame([tuple(r)[1:] for r in named], crm.SEGMENTS_SCHEMA)
     value_ref = io.table_ref(cfg.storage, t.customer_value)
     value = io.read(spark, value_ref) if io.exists(spark, value_ref) else None
     if value is None:
