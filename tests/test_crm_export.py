@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from custseg import cli, io
 from custseg.config import Config, ConfigError
 from custseg.segment import job as segment_job
-from custseg.serve import crm
+from custseg.serve import crm, postgres
 from custseg.serve import job as serve_job
 from tests.conftest import CONF, JVM_OPTIONS, NO_CODEGEN, ROOT, TEST_SETTINGS, make_config
 
@@ -404,6 +404,28 @@ def killed_in_transaction(cfg: Config, server: Server, tmp_path: Path) -> str:
         while conn.execute(ours).fetchone()[0] and time.monotonic() < deadline + 30:
             time.sleep(0.1)
     return log_file.read_text()
+
+
+def test_a_second_export_to_the_same_table_is_refused_while_the_first_holds_its_lock(server):
+    creds = postgres.Credentials(USER, PASSWORD)
+    where = postgres.address(server.url())
+    with postgres.connect(where, creds, 5) as first, postgres.connect(where, creds, 5) as second:
+        postgres.lock_table(first, "locked")
+        with pytest.raises(postgres.CrmDatabaseError, match="another export to locked is running"):
+            postgres.lock_table(second, "locked")
+        postgres.lock_table(second, "another_table")
+    with postgres.connect(where, creds, 5) as third:  # the first connection closed: its lock with it
+        postgres.lock_table(third, "locked")
+
+
+def test_export_refuses_segment_profiles_of_another_run_than_the_labels(spark, tmp_path, credentials):
+    cfg = export_config(tmp_path, None, "unused", "export.format=csv")
+    labels = spark.createDataFrame([("a", 0, "model-r1", T0.date(), "r1")], HISTORY_ROWS)
+    io.overwrite(labels, io.table_ref(cfg.storage, cfg.tables.labels))
+    stale = spark.createDataFrame([("r0", 0, "Old name", "Old words")], PROFILES)  # the profiles of an older run
+    io.overwrite(stale, io.table_ref(cfg.storage, cfg.tables.segment_profiles))
+    with pytest.raises(io.PrerequisiteError, match="run the profile job first"):
+        serve_job.run(spark, cfg, "e1")
 
 
 def test_export_with_a_wrong_password_exits_2_in_one_line_without_it(

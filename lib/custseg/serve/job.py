@@ -144,15 +144,12 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> ExportResult:
 
 
 def _read_inputs(spark: SparkSession, cfg: Config) -> tuple[DataFrame, DataFrame, DataFrame, DataFrame | None]:
-    """The label history, the profiles of the current labels' run, the features and,
-    when there is one, the customer-value table."""
+    """The label history, the profiles of the current labels' run (checked first), the
+    features and, when there is one, the customer-value table."""
     t = cfg.tables
-    history = io.read_required(spark, io.table_ref(cfg.storage, t.label_history), "segment label history",
-                               "the segment job")  # fmt: skip
     labels = io.read_required(spark, io.table_ref(cfg.storage, t.labels), "segment labels", "the segment job")
     profiles = io.read_required(spark, io.table_ref(cfg.storage, t.segment_profiles), "segment profiles",
                                 "the profile job")  # fmt: skip
-    features = io.read_required(spark, io.table_ref(cfg.storage, t.features), "customer features", "the features job")
     labels_run = labels.select(c.RUN_ID).first()
     # k + 1 rows, read once: the names checked here are the names sent and recorded.
     named = profiles.select(c.RUN_ID, *crm.SEGMENT_COLUMNS).orderBy(c.SEGMENT_ID).collect()
@@ -164,6 +161,9 @@ def _read_inputs(spark: SparkSession, cfg: Config) -> tuple[DataFrame, DataFrame
             f"{labels_run[c.RUN_ID] if labels_run else None!r}: run the profile job first"
         )
     profiles = spark.createDataFrame([tuple(r)[1:] for r in named], crm.SEGMENTS_SCHEMA)
+    history = io.read_required(spark, io.table_ref(cfg.storage, t.label_history), "segment label history",
+                               "the segment job")  # fmt: skip
+    features = io.read_required(spark, io.table_ref(cfg.storage, t.features), "customer features", "the features job")
     value_ref = io.table_ref(cfg.storage, t.customer_value)
     value = io.read(spark, value_ref) if io.exists(spark, value_ref) else None
     if value is None:
