@@ -187,8 +187,8 @@ def run_export_scorer(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
 
 def run_export(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
     result = serve_job.run(spark, cfg, run_id)
-    print(f"CRM export to {result.target}: {result.changed} customers changed, {result.sent} rows sent, "
-          f"{result.applied} target rows inserted or updated")  # fmt: skip
+    applied = f", {result.applied} target rows inserted or updated" if cfg.export.format == "jdbc" else ""
+    print(f"CRM export to {result.target}: {result.changed} customers changed, {result.sent} rows sent{applied}")
     return {"customers changed": result.changed, "rows sent": result.sent, "rows applied": result.applied}
 
 
