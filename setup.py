@@ -25,6 +25,8 @@ setup(
     extras_require={
         "connect": ["pyspark[connect]>=4.2,<4.3"],
         "mlflow": ["mlflow>=3.4"],
+        # custseg export to PostgreSQL: the upsert's transaction runs from Python
+        "crm": ["psycopg[binary]>=3.2,<4"],
         "test": ["chispa>=0.12", "pytest>=8"],
     },
     entry_points={"console_scripts": ["custseg=custseg.cli:main"]},

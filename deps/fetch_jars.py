@@ -1,4 +1,5 @@
-"""Fetch the Delta Lake jars that match the installed delta-spark and pyspark.
+"""Fetch the Delta Lake jars that match the installed delta-spark and pyspark, and the
+PostgreSQL JDBC driver of the CRM export (its version is pinned in deps/pom.xml).
 
 Run once by ``make jars`` (``make setup``, ``make demo`` and ``make test`` depend on it).
 Maven resolves ``io.delta:delta-spark_<spark>_<scala>:<delta>`` and everything it needs
@@ -43,7 +44,10 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"Resolving io.delta:delta-spark_{spark_binary}_2.13:{delta_version} from Maven Central")
+    print(
+        f"Resolving io.delta:delta-spark_{spark_binary}_2.13:{delta_version} and org.postgresql:postgresql "
+        "from Maven Central"
+    )
     cmd = [
         "mvn",
         "-q",

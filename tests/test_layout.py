@@ -12,7 +12,7 @@ import yaml
 from tests.conftest import CONF, ROOT
 
 LIB = ROOT / "lib" / "custseg"
-STAGES = ("ingest", "features", "segment", "insights")
+STAGES = ("ingest", "features", "segment", "insights", "serve")
 # custseg.io's functions that read or write a table; its types, errors and path helpers
 # (TableRef, table_ref, resolve, PrerequisiteError) may be used anywhere.
 TABLE_ACCESS = {

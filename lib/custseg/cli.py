@@ -38,6 +38,8 @@ from custseg.redaction import install_log_redaction
 from custseg.segment import job as segment_job
 from custseg.segment.evaluate import adjusted_rand_index
 from custseg.serve import artefact, pyfunc
+from custseg.serve import job as serve_job
+from custseg.serve.postgres import CrmDatabaseError
 from custseg.spark import (
     ConnectServerUnreachableError,
     MasterUnreachableError,
@@ -55,7 +57,7 @@ ENV_VAR = "CUSTSEG_ENV"
 USER_ERRORS = (
     ConfigError, SourceError, PrerequisiteError, MissingJarsError, MasterUnreachableError,
     ConnectServerUnreachableError, ConcurrentWriteError, artefact.UnsupportedModelError, pyfunc.ExportError,
-    ModelNotIdentifiedError,
+    ModelNotIdentifiedError, CrmDatabaseError,
 )  # fmt: skip
 
 
@@ -183,6 +185,18 @@ def run_export_scorer(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
     return {"segments": len(scorer["segments"]), "features": len(scorer["numeric"]) + len(scorer["categorical"])}
 
 
+def run_export(spark: SparkSession, cfg: Config, run_id: str) -> Counts:
+    result = serve_job.run(spark, cfg, run_id)
+    applied = f", {result.applied} target rows inserted or updated" if cfg.export.format == "jdbc" else ""
+    print(f"CRM export to {result.target}: {result.changed} customers changed, {result.sent} rows sent{applied}")
+    return {"customers changed": result.changed, "rows sent": result.sent, "rows applied": result.applied}
+
+
+# Checks that need no Spark session, made before it starts: an unreachable database
+# then exits 2 in seconds, not after the session's start.
+PREFLIGHT: dict[str, Callable[[Config], None]] = {"export": serve_job.check_target}
+
+
 def run_stage(name: str, spark: SparkSession, cfg: Config, run_id: str) -> None:
     with progress.stage(name) as counts:
         counts.update(STAGES[name][0](spark, cfg, run_id) or {})
@@ -260,6 +274,11 @@ STAGES: dict[str, tuple[Callable[[SparkSession, Config, str], Counts | None], st
         run_value,
         "fit BG/NBD and Gamma-Gamma on the transactions: P(alive), expected purchases and spend, CLV per customer",
     ),
+    "export": (
+        run_export,
+        "send the current segment of each customer whose segment or segment name changed since the last export "
+        "to the CRM: an upsert into a PostgreSQL table, or CSV or Parquet files (export.format)",
+    ),
     "run": (run_all, "ingest, features, segment, profile and report in order, then print the segments"),
     "demo": (run_demo, "generate the demo sources, run everything, and score against the planted truth"),
 }
@@ -334,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_id = args.run_id or new_run_id()
         log.info("custseg %s %s, run %s", __version__, args.command, run_id)
         log_config(cfg, files)
+        if args.command in PREFLIGHT:
+            PREFLIGHT[args.command](cfg)
         spark = get_spark(cfg.spark, quiet_tasks=not args.debug)
         with garbage_collected_at_the_end(spark):
             if args.command in COMPOSITE:

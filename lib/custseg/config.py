@@ -77,6 +77,7 @@ class TablesConfig:
     customer_value: str = "customer_value"  # per customer: P(alive), expected purchases and spend, CLV
     value_fits: str = "customer_value_fits"  # per run and model: parameters, standard errors, holdout metrics
     value_evaluation: str = "customer_value_evaluation"  # per run: the holdout's frequency groups and curve
+    crm_exports: str = "crm_exports"  # per export run and target: the watermark, rows sent, when it finished
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,18 @@ class ValueConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:  # the CRM export: a PostgreSQL table, or files (checked by serve.job; docs/crm-export.md)
+    format: Literal["jdbc", "csv", "parquet"] = "jdbc"
+    jdbc_url: str | None = None  # jdbc:postgresql://host:port/database, without credentials
+    table: str = "customer_segments"  # the target table ([schema.]name); its staging table is <table>_staging
+    user_env: str = "CUSTSEG_CRM_USER"  # the environment variables of the database credentials
+    password_env: str = "CUSTSEG_CRM_PASSWORD"
+    path: str = "exports/crm"  # csv, parquet: one folder per run, <path>/<run_id>/
+    full: bool = False  # send every customer, whatever the last export sent
+    connect_timeout: float = 5.0  # seconds for the database to accept a connection
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     enabled: bool  # log runs when mlflow is installed (pip install custseg[mlflow]); false: never
     tracking_uri: str | None  # None: a local store in ./mlruns (or $MLFLOW_TRACKING_URI when set)
@@ -214,6 +227,7 @@ class Config:
     report: ReportConfig = field(default_factory=lambda: ReportConfig("reports", 300, True))
     mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(True, None, "custseg"))
     value: ValueConfig = field(default_factory=ValueConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     sources: tuple[SourceConfig, ...] = field(default=())
     customers: CustomerSourceConfig | None = None
 

@@ -238,6 +238,19 @@ def log_artifact(spark: SparkSession, cfg: Config, run_id: str, job: str, path: 
     io.append(row, io.table_ref(cfg.storage, cfg.tables.run_log))
 
 
+def log_export(
+    spark: SparkSession, cfg: Config, run_id: str, target: str, changed: int, sent: int, applied: int
+) -> None:
+    """A CRM export's run-log row (job 'export'): the target, the customers whose segment
+    or name changed (rows_read), the rows sent and the target rows inserted or updated."""
+    row = spark.createDataFrame(
+        [(run_id, "export", target, changed, sent, applied, dt.datetime.now(dt.UTC).replace(tzinfo=None))],
+        "run_id STRING, job STRING, artifact STRING, rows_read LONG, rows_sent LONG, rows_applied LONG, "
+        "logged_at TIMESTAMP",
+    )
+    io.append(row, io.table_ref(cfg.storage, cfg.tables.run_log))
+
+
 def _write_run_log(spark: SparkSession, cfg: Config, run_id: str, counts: list[SourceCounts], now: dt.datetime) -> None:
     """This run's rows, and in the same commit those of earlier runs whose loads
     committed but whose run-log rows never did (so that ``sum(inserted)`` over the run

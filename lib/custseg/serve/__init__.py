@@ -1,2 +1,2 @@
-"""Serving: the fitted segmentation as a plain-numpy scorer and an mlflow pyfunc model.
-``artefact`` reads a saved PipelineModel into JSON; ``scorer`` reproduces it without Spark."""
+"""Serving: the fitted segmentation as a plain-numpy scorer and an mlflow pyfunc model,
+and the segments sent to the CRM (``custseg export``: ``crm``, ``postgres``, ``job``)."""
