@@ -5,7 +5,8 @@ import logging
 
 import pytest
 
-from custseg.config import ConfigError, config_changes, load_config, load_defaults, redacted
+from custseg.config import ConfigError, load_config, load_defaults
+from custseg.config_view import config_changes, redacted
 from tests.conftest import CONF
 
 BASE = CONF / "base.yaml"

@@ -9,7 +9,8 @@ import logging
 
 import pytest
 
-from custseg.config import load_config, redacted
+from custseg.config import load_config
+from custseg.config_view import redacted
 from custseg.redaction import MASK, install_log_redaction, redact, redact_setting
 from tests.conftest import CONF
 

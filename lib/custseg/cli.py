@@ -26,7 +26,8 @@ from pyspark.sql import SparkSession
 
 from custseg import __version__, io, progress, tracking
 from custseg import columns as c
-from custseg.config import Config, ConfigError, config_changes, load_config, load_defaults, redacted
+from custseg.config import Config, ConfigError, load_config, load_defaults
+from custseg.config_view import config_changes, redacted
 from custseg.demo import datagen
 from custseg.features import job as features_job
 from custseg.ingest import job as ingest_job
