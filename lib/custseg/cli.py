@@ -232,7 +232,7 @@ def run_demo(spark: SparkSession, cfg: Config, run_id: str) -> None:
 
 SEGMENT_SUMMARY = (
     "segment_id", "segment_name", "customers", "customer_share", "revenue_share", "revenue_index",
-    "dominant_rfm_segment",
+    "dominant_rfm_segment", "median_clv", "mean_p_alive",
 )  # fmt: skip
 
 
