@@ -222,9 +222,9 @@ def test_name_segments_of_a_customer_table_alone():
 # --------------------------------------------------------------------------- customer value
 
 
-def test_at_risk_is_high_past_value_with_p_alive_below_one_half():
+def test_at_risk_is_high_or_mid_value_with_p_alive_below_one_half():
     cases = [("High-value", 0.49), ("High-value", 0.5), ("Mid-value", 0.1), ("Low-value", 0.1), ("High-value", None)]
-    assert [naming.at_risk(tier, p) for tier, p in cases] == [True, False, False, False, False]
+    assert [naming.at_risk(tier, p) for tier, p in cases] == [True, False, True, False, False]
 
 
 def test_name_segments_high_past_value_low_p_alive_reads_at_risk_with_its_clv():

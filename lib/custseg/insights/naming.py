@@ -10,8 +10,8 @@ and a frequency word, e.g. "High-value active loyal"; with a customer table alon
 two most distinctive attributes, e.g. "High annual income, high spending score". Names
 that would be shared get qualifiers from the next feature that separates the segments
 (", bigger baskets"), never a number, and the same profile always gets the same name.
-With a customer value, a High-value segment whose median customer's P(alive) is below
-1/2 is "at-risk" instead of its recency word, and descriptions give the median
+With a customer value, a High- or Mid-value segment whose median customer's P(alive) is
+below 1/2 is "at-risk" instead of its recency word, and descriptions give the median
 customer's expected CLV and P(alive) (docs/segments-for-use.md).
 """
 
@@ -39,7 +39,8 @@ LAPSED_RANK = 2 / 3
 # Loyal: the median customer orders as often as the top 20%, and at least 3 times.
 LOYAL_RANK = 0.8
 LOYAL_MIN_ORDERS = 3
-# At risk: a High-value segment whose median customer is more likely gone than alive
+# At risk: a segment of high past value (High- or Mid-value: its median customer spent
+# more than half the customers) whose median customer is more likely gone than alive
 # (P(alive) below 1/2, from the BG/NBD fit of the customer-value stage). P(alive) is a
 # probability of its own, so the cut is on it, not on its rank among customers.
 AT_RISK_P_ALIVE = 0.5
@@ -145,9 +146,9 @@ def recency_word(rank: float) -> str:
 
 
 def at_risk(tier: str | None, p_alive: float | None) -> bool:
-    """High past value, low P(alive): a High-value segment whose median customer's
-    P(alive) is below 1/2. False without a P(alive) (no customer value this run)."""
-    return tier == HIGH_VALUE and p_alive is not None and p_alive < AT_RISK_P_ALIVE
+    """High past value, low P(alive): a High- or Mid-value segment whose median
+    customer's P(alive) is below 1/2. False without a P(alive) (no customer value)."""
+    return tier in (HIGH_VALUE, MID_VALUE) and p_alive is not None and p_alive < AT_RISK_P_ALIVE
 
 
 def activity_word(s: SegmentSummary, tier: str | None) -> str:
