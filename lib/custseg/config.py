@@ -263,8 +263,9 @@ class Config:
         unknown = sorted(set(seg.features) - set(known))
         check(not unknown, "segment.features", f"unknown features {unknown}; known: {known}")
         numeric = [*MODEL_FEATURES, *(n for n, kind in self.attributes.items() if kind == "numeric")]
-        unknown = sorted(set(self.features.log1p) - set(numeric))
-        check(not unknown, "features.log1p", f"unknown or non-numeric features {unknown}; numeric: {numeric}")
+        skewable = [*numeric, *value_features]  # CLV is as skewed as spend
+        unknown = sorted(set(self.features.log1p) - set(skewable))
+        check(not unknown, "features.log1p", f"unknown or non-numeric features {unknown}; numeric: {skewable}")
         check(seg.value_feature in numeric, "segment.value_feature", f"must be a numeric feature, one of {numeric}")
         check(bool(self.sources) or self.features.as_of_date is not None, "features.as_of_date",
               "is required when there are no transaction sources (ingest.sources is empty)")  # fmt: skip
