@@ -4,6 +4,7 @@ compact at INFO, in full only with --debug."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -19,7 +20,8 @@ from custseg import cli as custseg_cli
 from custseg import io
 from custseg.config import StorageConfig
 from custseg.demo import standalone
-from tests.conftest import CONF, JVM_OPTIONS, ROOT, TEST_SETTINGS
+from custseg.value.fitting import ModelNotIdentifiedError
+from tests.conftest import CONF, JVM_OPTIONS, ROOT, TEST_SETTINGS, make_config
 from tests.test_e2e import run_cli
 
 SECRET = "s3cr3t-Zq9x-7731"
@@ -365,3 +367,44 @@ def test_print_profile_shows_a_source_without_rows_with_dashes(capsys):
 def test_print_profile_of_no_rows_says_so(capsys):
     custseg_cli.print_profile([])
     assert capsys.readouterr().out == "\nData profile: no rows read this run\n"
+
+
+def _stub_pipeline(monkeypatch, value_error: Exception | None = None) -> list[str]:
+    """Every stage of ``run`` a stub that records its name (value raising
+    ``value_error`` when given); no Spark."""
+    ran: list[str] = []
+
+    def stage(name: str):
+        def run(spark, cfg, run_id):
+            ran.append(name)
+            if name == "value" and value_error is not None:
+                raise value_error
+
+        return run
+
+    stages = {name: (stage(name), help_text) for name, (_, help_text) in custseg_cli.STAGES.items()}
+    monkeypatch.setattr(custseg_cli, "STAGES", stages)
+    monkeypatch.setattr(custseg_cli, "print_summary", lambda spark, cfg, run_id: None)
+    return ran
+
+
+def test_run_all_runs_the_value_stage_after_features_and_before_segment(tmp_path, monkeypatch):
+    ran = _stub_pipeline(monkeypatch)
+    custseg_cli.run_all(None, make_config(tmp_path), "r1")
+    assert ran == ["ingest", "features", "value", "segment", "profile", "report"]
+
+
+def test_run_all_goes_on_without_customer_value_when_the_data_cannot_identify_the_model(tmp_path, monkeypatch, caplog):
+    ran = _stub_pipeline(monkeypatch, ModelNotIdentifiedError("BG/NBD: no repeat customers"))
+    with caplog.at_level(logging.WARNING, logger="custseg"):
+        custseg_cli.run_all(None, make_config(tmp_path), "r1")
+    assert ran == ["ingest", "features", "value", "segment", "profile", "report"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["value: BG/NBD: no repeat customers; the run goes on without customer value"]
+
+
+def test_run_all_skips_the_value_stage_when_disabled_or_without_transactions(tmp_path, monkeypatch):
+    ran = _stub_pipeline(monkeypatch)
+    custseg_cli.run_all(None, make_config(tmp_path, "value.enabled=false"), "r1")
+    custseg_cli.run_all(None, dataclasses.replace(make_config(tmp_path), sources=()), "r2")
+    assert ran == ["ingest", "features", "segment", "profile", "report"] * 2

@@ -31,6 +31,16 @@ def test_demo_run_labels_every_valid_customer_once_and_recovers_archetypes(spark
     assert run_cli("demo") == 0
 
     lake = tmp_path / "data" / "lake"
+    # The value stage ran before the segments: every customer with a purchase has a value
+    # of this run, and every placed segment's profile a median CLV and P(alive).
+    values = DeltaTable.forPath(spark, str(lake / "customer_value")).toDF()
+    buyers = DeltaTable.forPath(spark, str(lake / "customer_features")).toDF().where(f"{c.FREQUENCY} >= 1")
+    assert values.count() == buyers.count() and values.where(f"{c.RUN_ID} != 'e2e-run'").count() == 0
+    profiled = DeltaTable.forPath(spark, str(lake / "segment_profiles")).toDF().where("segment_id >= 0").collect()
+    for r in profiled:  # k rows
+        report.append(f"end-to-end: segment {r['segment_id']} {r['segment_name']}: median CLV {r['median_clv']:.2f}, "
+                      f"mean P(alive) {r['mean_p_alive']:.3f}")  # fmt: skip
+    assert all(r["median_clv"] is not None and 0 <= r["mean_p_alive"] <= 1 for r in profiled)
     # the labels table is overwritten below: keep this run's labels
     labels = DeltaTable.forPath(spark, str(lake / "segment_labels")).toDF().localCheckpoint()
     labels_before = labels

@@ -217,3 +217,44 @@ def test_name_segments_of_a_customer_table_alone():
         "High-value",
     )
     assert namings[1].name == "Typical customers" and namings[2].name == "High age"
+
+
+# --------------------------------------------------------------------------- customer value
+
+
+def test_at_risk_is_high_or_mid_value_with_p_alive_below_one_half():
+    cases = [("High-value", 0.49), ("High-value", 0.5), ("Mid-value", 0.1), ("Low-value", 0.1), ("High-value", None)]
+    assert [naming.at_risk(tier, p) for tier, p in cases] == [True, False, True, False, False]
+
+
+def test_name_segments_high_past_value_low_p_alive_reads_at_risk_with_its_clv():
+    # segment 0: High-value (90% of the revenue) whose median customer is 40% likely alive: at risk.
+    # Segment 1: a low P(alive) too, but Low-value: lapsed, as without a customer value.
+    # Segment 2: High-value and likely alive (0.9): active, as without.
+    value = {"clv": 0.5, "p_alive": 0.5}  # ranks: not what the rule reads
+    segments = [
+        rfm_summary(0, 150.0, 6.0, 1684.0, (0.75, 0.85, 0.9), revenue_share=0.6, customer_share=0.2, **value),
+        rfm_summary(1, 200.0, 1.0, 59.0, (0.8, 0.3, 0.2), revenue_share=0.1, customer_share=0.5, **value),
+        rfm_summary(2, 20.0, 5.0, 1500.0, (0.2, 0.8, 0.85), revenue_share=0.3, customer_share=0.3, **value),
+    ]
+    medians = [{"clv": 412.35, "p_alive": 0.4}, {"clv": 3.2, "p_alive": 0.21}, {"clv": 2480.0, "p_alive": 0.9}]
+    segments = [
+        SegmentSummary(**{**vars(s), "medians": {**s.medians, **m}}) for s, m in zip(segments, medians, strict=True)
+    ]
+    namings = naming.name_segments(segments, [*FEATURES, "clv", "p_alive"])
+    assert {sid: n.name for sid, n in namings.items()} == {
+        0: "High-value at-risk loyal",
+        1: "Low-value lapsed one-time",
+        2: "High-value active loyal",
+    }
+    assert namings[0].description == (
+        "Bought 6 times, last 150 days ago, median spend 1,684, expected CLV 412, P(alive) 0.40; 20% of customers, "
+        "60% of revenue (index 300)"
+    )
+    assert namings[1].description.startswith("Bought once, last 200 days ago, median spend 59, expected CLV 3.2, "
+                                             "P(alive) 0.21; ")  # fmt: skip
+
+
+def test_qualifier_order_leaves_out_the_customer_value():
+    # the names of a run do not change when it gains a customer value
+    assert naming.qualifier_order(["recency_days", "clv", "p_alive", "age"]) == ["recency_days", "age"]

@@ -100,3 +100,41 @@ def test_segment_sizes_dominant_rfm_tie_goes_to_the_first_name(spark):
 
 
 # --------------------------------------------------------------------------- naming rules
+
+
+# --------------------------------------------------------------------------- customer value
+
+
+def test_value_profile_median_clv_and_mean_and_median_p_alive_per_segment(spark):
+    labelled = spark.createDataFrame(
+        [
+            ("c1", 0, 100.0, 0.9),
+            ("c2", 0, 300.0, 0.6),
+            ("c3", 0, 200.0, 0.3),
+            ("c4", 1, 10.0, 0.2),
+            ("c5", 1, 30.0, 0.1),
+            ("c6", -1, None, None),  # no purchase: no customer value
+        ],
+        "customer_id STRING, segment_id INT, clv DOUBLE, p_alive DOUBLE",
+    )
+    per_feature = labelled.transform(profiles.feature_profiles(["clv", "p_alive"]))
+    actual = profiles.value_profile(per_feature)
+    # segment 0: CLV 100, 200, 300, median 200; P(alive) mean (0.9 + 0.6 + 0.3) / 3 = 0.6, median 0.6.
+    # Segment 1: an even count, the lower middle value: CLV 10, P(alive) 0.1; mean (0.2 + 0.1) / 2.
+    expected = spark.createDataFrame(
+        [(0, 200.0, 0.6, 0.6), (1, 10.0, 0.15, 0.1), (-1, None, None, None)],
+        "segment_id INT, median_clv DOUBLE, mean_p_alive DOUBLE, median_p_alive DOUBLE",
+    )
+    assert_approx_df_equality(actual, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_value_profile_is_null_without_a_customer_value(spark):
+    labelled = spark.createDataFrame(
+        [("c1", 0, 10.0), ("c2", 1, 20.0)], "customer_id STRING, segment_id INT, monetary DOUBLE"
+    )
+    actual = profiles.value_profile(labelled.transform(profiles.feature_profiles(["monetary"])))
+    expected = spark.createDataFrame(
+        [(0, None, None, None), (1, None, None, None)],
+        "segment_id INT, median_clv DOUBLE, mean_p_alive DOUBLE, median_p_alive DOUBLE",
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)

@@ -22,7 +22,7 @@ def realistic_lake(spark, realistic_config, realistic_raw):
     """One run of the pipeline on the realistic sources, by whichever worker asks first."""
 
     def build() -> None:
-        for stage in ("ingest", "features", "segment", "profile"):
+        for stage in ("ingest", "features", "value", "segment", "profile"):
             run_stage(stage, spark, realistic_config, "realistic-run")
 
     build_once(Path(realistic_config.storage.root).with_name("lake.done"), build)
@@ -89,3 +89,20 @@ def test_realistic_seed_refits_agree_with_restarts(spark, realistic_lake, report
     seeds = [r["ari"] for r in runs.where("kind = 'seed'").collect()]  # one row per seed
     report.append(f"realistic: seed refits ARI {', '.join(f'{a:.3f}' for a in seeds)}")
     assert len(seeds) == len(realistic_lake.stability.seeds) and min(seeds) >= 0.9
+
+
+def test_realistic_profiles_show_clv_and_p_alive_per_segment(spark, realistic_lake, report):
+    values = table(spark, realistic_lake, "customer_value")
+    buyers = table(spark, realistic_lake, "features").where(F.col(c.FREQUENCY) >= 1)
+    assert values.count() == buyers.count()  # every customer with a purchase has a value
+    assert values.select(c.RUN_ID).distinct().collect()[0][0] == "realistic-run"
+    profiles = table(spark, realistic_lake, "segment_profiles").where("segment_id >= 0").collect()  # k rows
+    for r in sorted(profiles, key=lambda r: r[c.SEGMENT_ID]):
+        report.append(f"realistic segment {r['segment_id']}: median CLV {r['median_clv']:.2f}, "
+                      f"P(alive) mean {r['mean_p_alive']:.3f}, median {r['median_p_alive']:.3f}")  # fmt: skip
+        assert r["median_clv"] >= 0 and 0 <= r["median_p_alive"] <= 1 and 0 <= r["mean_p_alive"] <= 1
+        assert "expected CLV" in r["description"] and "P(alive)" in r["description"]
+    # the segment whose median customer spent most is worth most in the future too
+    assert max(profiles, key=lambda r: r["median_monetary"])["median_clv"] == max(r["median_clv"] for r in profiles)
+    ranked = table(spark, realistic_lake, "feature_profiles").where(F.col("feature").isin(c.CLV, c.P_ALIVE))
+    assert ranked.where("segment_id >= 0 AND percentile_rank IS NOT NULL").count() == 2 * len(profiles)

@@ -8,10 +8,12 @@ import logging
 from pathlib import Path
 
 import pytest
+from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from custseg import io
 from custseg.config import StorageConfig
+from custseg.segment import job as segment_job
 from custseg.value import job
 from tests.conftest import make_config
 from tests.test_e2e import run_cli
@@ -113,3 +115,26 @@ def test_replace_run_keeps_one_copy_of_a_rerun_and_the_other_runs(spark, tmp_pat
     io.append(spark.createDataFrame([("r1", 1.0), ("r2", 2.0)], schema), ref)
     job._replace_run(spark, spark.createDataFrame([("r1", 3.0)], schema), ref, "r1")
     assert sorted(tuple(r) for r in io.read(spark, ref).collect()) == [("r1", 3.0), ("r2", 2.0)]
+
+
+def test_segment_job_joins_clv_and_p_alive_when_they_are_model_features(spark, tmp_path):
+    cfg = make_config(tmp_path, "segment.features=[recency_days, frequency, clv, p_alive]", "features.log1p=[clv]")
+    as_of = dt.date(2025, 1, 1)
+    features = spark.createDataFrame(
+        [("a", as_of, 10, 3, 90.0), ("b", as_of, 200, 0, None)],
+        "customer_id string, as_of_date date, recency_days int, frequency long, monetary double",
+    )
+    values = spark.createDataFrame(
+        [("a", RUN_ID, as_of, 120.5, 0.8)], "customer_id string, run_id string, as_of_date date, clv double, "
+        "p_alive double"
+    )  # fmt: skip
+    io.overwrite(features, io.table_ref(cfg.storage, cfg.tables.features))
+    io.overwrite(values, io.table_ref(cfg.storage, cfg.tables.customer_value))
+    joined, read_as_of = segment_job.read_features(spark, cfg)
+    expected = spark.createDataFrame(
+        [("a", as_of, 10, 3, 90.0, 120.5, 0.8), ("b", as_of, 200, 0, None, None, None)],
+        "customer_id string, as_of_date date, recency_days int, frequency long, monetary double, clv double, "
+        "p_alive double",
+    )
+    assert read_as_of == as_of
+    assert_df_equality(joined, expected, ignore_row_order=True, ignore_nullable=True)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from chispa import assert_df_equality
 
-from custseg.value.predict import DAYS_PER_MONTH, customer_value
+from custseg.value.predict import DAYS_PER_MONTH, customer_value, with_value
 from tests.value_reference import reference_expected
 
 BG = [0.243, 4.414, 0.793, 2.426]
@@ -33,3 +34,21 @@ def test_customer_value_discounts_each_month_and_applies_the_margin(spark):
     assert got["b"]["p_alive"] == 1.0
     assert got["a"]["p_alive"] == got["c"]["p_alive"] < 1
     assert got["c"]["clv"] < got["a"]["clv"]  # same purchases, lower spend
+
+
+def test_with_value_joins_clv_and_p_alive_by_customer_and_as_of_date(spark):
+    as_of, before = dt.date(2025, 1, 1), dt.date(2024, 12, 1)
+    features = spark.createDataFrame(
+        [("a", as_of, 3), ("b", as_of, 1), ("c", as_of, 0)], "customer_id string, as_of_date date, frequency long"
+    )
+    values = spark.createDataFrame(
+        # b's value is of another as-of date: not these features' value; c has none (no purchase)
+        [("a", as_of, 120.5, 0.8, "r1"), ("b", before, 9.0, 0.3, "r1")],
+        "customer_id string, as_of_date date, clv double, p_alive double, run_id string",
+    )
+    actual = features.transform(with_value(values))
+    expected = spark.createDataFrame(
+        [("a", as_of, 3, 120.5, 0.8), ("b", as_of, 1, None, None), ("c", as_of, 0, None, None)],
+        "customer_id string, as_of_date date, frequency long, clv double, p_alive double",
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)

@@ -203,12 +203,29 @@ def run_stage(name: str, spark: SparkSession, cfg: Config, run_id: str) -> None:
         counts.update(STAGES[name][0](spark, cfg, run_id) or {})
 
 
-PIPELINE = ("ingest", "features", "segment", "profile", "report")
+PIPELINE = ("ingest", "features", "value", "segment", "profile", "report")
+
+
+def runs_value(cfg: Config) -> bool:
+    """Whether ``custseg run`` fits the customer value: when value.enabled and there are
+    transactions to fit it on (a customer table alone has none)."""
+    return cfg.value.enabled and bool(cfg.sources)
 
 
 def run_all(spark: SparkSession, cfg: Config, run_id: str) -> None:
     started = time.perf_counter()
     for name in PIPELINE:
+        if name == "value":
+            if not runs_value(cfg):
+                log.info("value: skipped (%s)", "value.enabled is false" if cfg.sources else "no transaction sources")
+                continue
+            try:
+                run_stage(name, spark, cfg, run_id)
+            except ModelNotIdentifiedError as exc:
+                # Customer value is an addition to the segments, not a prerequisite: a run on
+                # data without repeat buyers still segments them (`custseg value` alone exits 2).
+                log.warning("value: %s; the run goes on without customer value", exc)
+            continue
         run_stage(name, spark, cfg, run_id)
     log.info("pipeline done in %.1fs", time.perf_counter() - started)
     print_summary(spark, cfg, run_id)
@@ -230,7 +247,7 @@ def run_demo(spark: SparkSession, cfg: Config, run_id: str) -> None:
 
 SEGMENT_SUMMARY = (
     "segment_id", "segment_name", "customers", "customer_share", "revenue_share", "revenue_index",
-    "dominant_rfm_segment",
+    "dominant_rfm_segment", "median_clv", "mean_p_alive",
 )  # fmt: skip
 
 
@@ -280,7 +297,11 @@ STAGES: dict[str, tuple[Callable[[SparkSession, Config, str], Counts | None], st
         "send the current segment of each customer whose segment or segment name changed since the last export "
         "to the CRM: an upsert into a PostgreSQL table, or CSV or Parquet files (export.format)",
     ),
-    "run": (run_all, "ingest, features, segment, profile and report in order, then print the segments"),
+    "run": (
+        run_all,
+        "ingest, features, value (unless value.enabled is false), segment, profile and report in order, "
+        "then print the segments",
+    ),
     "demo": (run_demo, "generate the demo sources, run everything, and score against the planted truth"),
 }
 

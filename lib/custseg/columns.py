@@ -39,6 +39,11 @@ DISTINCT_PRODUCTS = "distinct_products"
 RETURN_RATE = "return_rate"
 PURCHASES_PER_MONTH = "purchases_per_month"
 
+# customer value (custseg.value): joinable into the features by customer_id
+P_ALIVE = "p_alive"
+CLV = "clv"
+VALUE_FEATURES = (CLV, P_ALIVE)  # what the features gain by the join: profiled always, model features if configured
+
 # model columns
 PREDICTION = "cluster"  # a clusterer's raw cluster number, before segment ids are assigned
 VECTOR = "features_vector"  # what the clusterer sees: scaled (and projected) features

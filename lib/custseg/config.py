@@ -186,6 +186,7 @@ class ReportConfig:
 class ValueConfig:
     """The customer-value stage (custseg.value): BG/NBD and Gamma-Gamma."""
 
+    enabled: bool = True  # `custseg run` fits it after the features (the `custseg value` command runs it regardless)
     unit: Literal["days", "weeks"] = "weeks"  # the models' time unit
     horizon_months: int = 12  # expected purchases and CLV over the next this many months
     holdout_days: int = 0  # > 0: fit on the history before the last this many days, score on them; 0: no holdout
@@ -270,12 +271,15 @@ class Config:
         check(len(lo_hi) != 2 or (lo_hi[0] <= seg.k_max and lo_hi[1] >= seg.k_min), "segment.business_k",
               f"{lo_hi} does not overlap the sweep's range [{seg.k_min}, {seg.k_max}] (k_min, k_max)")  # fmt: skip
         check(bool(seg.features), "segment.features", "must name at least one feature")
-        known = [*MODEL_FEATURES, *self.attributes] if self.sources else list(self.attributes)
+        # clv and p_alive come from the customer_value table, joined into the features by customer
+        value_features = list(c.VALUE_FEATURES) if self.value.enabled else []
+        known = [*MODEL_FEATURES, *value_features, *self.attributes] if self.sources else list(self.attributes)
         unknown = sorted(set(seg.features) - set(known))
         check(not unknown, "segment.features", f"unknown features {unknown}; known: {known}")
         numeric = [*MODEL_FEATURES, *(n for n, kind in self.attributes.items() if kind == "numeric")]
-        unknown = sorted(set(self.features.log1p) - set(numeric))
-        check(not unknown, "features.log1p", f"unknown or non-numeric features {unknown}; numeric: {numeric}")
+        skewable = [*numeric, *value_features]  # CLV is as skewed as spend
+        unknown = sorted(set(self.features.log1p) - set(skewable))
+        check(not unknown, "features.log1p", f"unknown or non-numeric features {unknown}; numeric: {skewable}")
         check(seg.value_feature in numeric, "segment.value_feature", f"must be a numeric feature, one of {numeric}")
         check(bool(self.sources) or self.features.as_of_date is not None, "features.as_of_date",
               "is required when there are no transaction sources (ingest.sources is empty)")  # fmt: skip

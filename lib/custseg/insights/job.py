@@ -31,11 +31,13 @@ from custseg.insights.profiles import (
     NAMING_SCHEMA,
     PERCENTILE_RANK,
     SEGMENT_NAME,
+    VALUE_PROFILE_COLUMNS,
     VALUE_TIER,
     feature_profiles,
     profile_features,
     segment_sizes,
     summaries,
+    value_profile,
 )
 from custseg.insights.report import (
     RFM_SEGMENT,
@@ -52,6 +54,7 @@ from custseg.insights.report import (
 )
 from custseg.segment import job as segment_job
 from custseg.segment import preprocess
+from custseg.value.predict import with_value
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +62,31 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- profiles and names
 
 
+def read_features(spark: SparkSession, cfg: Config) -> DataFrame:
+    """The features table, with each customer's clv and p_alive joined in when the
+    customer_value table is of the same as-of date (the value stage ran on these features)."""
+    features = io.read_required(spark, io.table_ref(cfg.storage, cfg.tables.features), "customer features",
+                                "the features job")  # fmt: skip
+    value_ref = io.table_ref(cfg.storage, cfg.tables.customer_value)
+    if not io.exists(spark, value_ref):
+        return features
+    values = io.read(spark, value_ref)
+    value_as_of = values.select(c.AS_OF_DATE).first()  # one date: the table is overwritten per run
+    features_as_of = features.select(c.AS_OF_DATE).first()
+    if value_as_of is None or features_as_of is None or value_as_of[0] != features_as_of[0]:
+        log.info("%s is not of the features' as-of date: profiles without customer value", value_ref)
+        return features
+    log.info("customer value from %s, as of %s", value_ref, value_as_of[0])
+    return features.transform(with_value(values))
+
+
 def run_profiles(spark: SparkSession, cfg: Config) -> DataFrame:
-    """Profile the current labels against the features; write both profile tables and
-    return the per-segment one (k + 1 rows at most)."""
+    """Profile the current labels against the features (and the customer value, when
+    there is one of the same as-of date); write both profile tables and return the
+    per-segment one (k + 1 rows at most)."""
     tables = cfg.tables
     labels = io.read_required(spark, io.table_ref(cfg.storage, tables.labels), "segment labels", "the segment job")
-    features = io.read_required(spark, io.table_ref(cfg.storage, tables.features), "customer features",
-                                "the features job")  # fmt: skip
+    features = read_features(spark, cfg)
     labelled = labels.select(c.CUSTOMER_ID, c.SEGMENT_ID).join(features, on=c.CUSTOMER_ID, how="inner")
     names_of = profile_features(cfg, features.columns)
     if not names_of:
@@ -89,10 +110,11 @@ def run_profiles(spark: SparkSession, cfg: Config) -> DataFrame:
         profiles = (
             spark.createDataFrame(size_rows, sizes.schema)
             .join(named, on=c.SEGMENT_ID, how="left")
+            .join(value_profile(per_feature), on=c.SEGMENT_ID, how="left")
             .crossJoin(run_info)
             .select(
                 c.RUN_ID, c.MODEL_VERSION, c.AS_OF_DATE, c.SEGMENT_ID, SEGMENT_NAME, DESCRIPTION, VALUE_TIER,
-                *sizes.columns[1:], *MEDIAN_COLUMNS.values(),
+                *sizes.columns[1:], *MEDIAN_COLUMNS.values(), *VALUE_PROFILE_COLUMNS,
             )
         )  # fmt: skip
         io.overwrite(profiles, io.table_ref(cfg.storage, tables.segment_profiles))
@@ -220,7 +242,7 @@ def run_report(spark: SparkSession, cfg: Config, run_id: str | None = None) -> R
     fitted, record = segment_job.latest_model(spark, cfg, info_row[c.MODEL_VERSION])
     info = run_info(info_row, record)
     log.info("report of run %s, model %s", info.run_id, info.model_version)
-    features = _read(spark, cfg, cfg.tables.features)
+    features = read_features(spark, cfg)  # clv and p_alive may be model features
 
     sweep = read_sweep(spark, cfg, info.model_version)
     segments, per_feature = read_profiles(spark, cfg, info.run_id)

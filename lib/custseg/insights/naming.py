@@ -10,6 +10,9 @@ and a frequency word, e.g. "High-value active loyal"; with a customer table alon
 two most distinctive attributes, e.g. "High annual income, high spending score". Names
 that would be shared get qualifiers from the next feature that separates the segments
 (", bigger baskets"), never a number, and the same profile always gets the same name.
+With a customer value, a High- or Mid-value segment whose median customer's P(alive) is
+below 1/2 is "at-risk" instead of its recency word, and descriptions give the median
+customer's expected CLV and P(alive) (docs/segments-for-use.md).
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ LAPSED_RANK = 2 / 3
 # Loyal: the median customer orders as often as the top 20%, and at least 3 times.
 LOYAL_RANK = 0.8
 LOYAL_MIN_ORDERS = 3
+# At risk: a segment of high past value (High- or Mid-value: its median customer spent
+# more than half the customers) whose median customer is more likely gone than alive
+# (P(alive) below 1/2, from the BG/NBD fit of the customer-value stage). P(alive) is a
+# probability of its own, so the cut is on it, not on its rank among customers.
+AT_RISK_P_ALIVE = 0.5
+AT_RISK = "at-risk"
 # Attribute words (a customer table alone): the top and the bottom third are "high" and "low".
 HIGH_RANK = 2 / 3
 LOW_RANK = 1 / 3
@@ -136,6 +145,18 @@ def recency_word(rank: float) -> str:
     return "lapsed" if rank > LAPSED_RANK else "cooling"
 
 
+def at_risk(tier: str | None, p_alive: float | None) -> bool:
+    """High past value, low P(alive): a High- or Mid-value segment whose median
+    customer's P(alive) is below 1/2. False without a P(alive) (no customer value)."""
+    return tier in (HIGH_VALUE, MID_VALUE) and p_alive is not None and p_alive < AT_RISK_P_ALIVE
+
+
+def activity_word(s: SegmentSummary, tier: str | None) -> str:
+    """The word "at-risk" for a segment of high past value and low P(alive) (``at_risk``), else
+    the recency word (``recency_word``)."""
+    return AT_RISK if at_risk(tier, s.medians.get(c.P_ALIVE)) else recency_word(s.ranks[c.RECENCY_DAYS])
+
+
 def frequency_word(median: float, rank: float) -> str:
     """The frequency word: "one-time" when the median customer ordered at most once;
     "loyal" when as often as the top 20% (rank >= 0.8) and at least 3 times; else "repeat"."""
@@ -162,7 +183,10 @@ def attribute_name(ranks: Mapping[str, float | None], features: Sequence[str]) -
 
 def qualifier_order(features: Sequence[str]) -> list[str]:
     """The features that may tell segments apart, in the order that breaks ties."""
-    return [*(f for f in QUALIFIERS if f in features), *(f for f in features if f not in QUALIFIERS)]
+    # The customer value is not a qualifier: it shows in the at-risk word and the
+    # description, and the names of a run stay the names they were without it.
+    others = [f for f in features if f not in QUALIFIERS and f not in c.VALUE_FEATURES]
+    return [*(f for f in QUALIFIERS if f in features), *others]
 
 
 def _comparable(group: Sequence[SegmentSummary], feature: str) -> bool:
@@ -283,14 +307,25 @@ def _joined(sentence: str, shares: str) -> str:
     return f"{sentence}; {shares}" if shares else sentence
 
 
+def value_phrase(s: SegmentSummary) -> str:
+    """The median customer's expected CLV and P(alive), when there are some: ", expected
+    CLV 1,020, P(alive) 0.42"; else empty."""
+    clv, p_alive = s.medians.get(c.CLV), s.medians.get(c.P_ALIVE)
+    parts = [f"expected CLV {fmt_amount(clv)}"] if clv is not None else []
+    parts += [f"P(alive) {p_alive:.2f}"] if p_alive is not None else []
+    return "".join(f", {p}" for p in parts)
+
+
 def rfm_description(s: SegmentSummary, value_feature: str = c.MONETARY) -> str:
-    """The median customer's orders, recency and spend, then the segment's shares:
-    "Bought 8 times, last 16 days ago, median spend 2,761; 23% of customers, 72% of
-    revenue (index 313)"."""
+    """The median customer's orders, recency and spend (and expected CLV and P(alive),
+    with a customer value), then the segment's shares: "Bought 8 times, last 16 days
+    ago, median spend 2,761, expected CLV 1,020, P(alive) 0.42; 23% of customers, 72%
+    of revenue (index 313)"."""
     orders, days, spend = (s.medians[f] for f in (c.FREQUENCY, c.RECENCY_DAYS, c.MONETARY))
     times = "once" if orders == 1 else f"{fmt_amount(orders)} times"
     ago = "on the as-of date" if days == 0 else "1 day ago" if days == 1 else f"{fmt_amount(days)} days ago"
-    return _joined(f"Bought {times}, last {ago}, median spend {fmt_amount(spend)}", _shares(s, value_feature))
+    bought = f"Bought {times}, last {ago}, median spend {fmt_amount(spend)}{value_phrase(s)}"
+    return _joined(bought, _shares(s, value_feature))
 
 
 def attribute_description(s: SegmentSummary, features: Sequence[str], value_feature: str) -> str:
@@ -313,8 +348,9 @@ def name_segments(
     """Name, description and value tier of every segment, by fixed rules.
 
     With recency_days, frequency and monetary ranked for every placed segment: the
-    value tier (``value_tiers``), the recency word and the frequency word, e.g.
-    "High-value active loyal". Otherwise ``attribute_name``. Segment -1 is
+    value tier (``value_tiers``), the recency word, or "at-risk" for high past value
+    with low P(alive) (``activity_word``), and the frequency word, e.g. "High-value
+    active loyal" or "High-value at-risk repeat". Otherwise ``attribute_name``. Segment -1 is
     "Unsegmented". Names several segments would share are qualified
     (``distinct_names``), so each name is one segment's. ``features``: the profiled
     features in profile order (it breaks ties).
@@ -328,7 +364,7 @@ def name_segments(
                 w
                 for w in (
                     tiers.get(s.segment_id),
-                    recency_word(s.ranks[c.RECENCY_DAYS]),
+                    activity_word(s, tiers.get(s.segment_id)),
                     frequency_word(s.medians[c.FREQUENCY], s.ranks[c.FREQUENCY]),
                 )
                 if w

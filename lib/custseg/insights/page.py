@@ -54,6 +54,8 @@ SEGMENT_COLUMNS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "revenue_index": ("Revenue index", lambda v: fmt_number(v, 0)),
     "dominant_rfm_segment": ("Dominant RFM segment", fmt_text),
     "dominant_rfm_share": ("its share", fmt_share),
+    "median_clv": ("Median CLV", fmt_number),  # profiles of a run without customer value: "–"
+    "mean_p_alive": ("Mean P(alive)", fmt_number),
 }
 
 

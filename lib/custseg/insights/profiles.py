@@ -44,6 +44,14 @@ REVENUE_SHARE = "revenue_share"
 REVENUE_INDEX = "revenue_index"
 RFM_SEGMENT = "rfm_segment"
 MEDIAN_COLUMNS = {f: f"median_{f}" for f in RFM_FEATURES}  # segment_profiles: the median customer
+# segment_profiles' customer-value columns, always there (null without a customer_value
+# table of the run's as-of date): column -> (feature, statistic of feature_profiles)
+MEDIAN_CLV, MEAN_P_ALIVE, MEDIAN_P_ALIVE = f"median_{c.CLV}", f"mean_{c.P_ALIVE}", f"median_{c.P_ALIVE}"
+VALUE_PROFILE_COLUMNS = {
+    MEDIAN_CLV: (c.CLV, MEDIAN),
+    MEAN_P_ALIVE: (c.P_ALIVE, MEAN),
+    MEDIAN_P_ALIVE: (c.P_ALIVE, MEDIAN),
+}
 
 # --------------------------------------------------------------------------- Spark aggregates
 
@@ -163,6 +171,20 @@ def segment_sizes(value_feature: str) -> Callable[[DataFrame], DataFrame]:
     return transform
 
 
+def value_profile(per_feature: DataFrame) -> DataFrame:
+    """feature_profiles rows -> per segment: the median customer's CLV, and the mean and
+    median P(alive) (null for a segment, or a run, without them).
+
+    Input columns: segment_id, feature, mean, median.
+    Output columns: segment_id, median_clv, mean_p_alive, median_p_alive.
+    """
+    picked = [
+        F.max(F.when(F.col(FEATURE) == feature, F.col(statistic))).cast("double").alias(column)
+        for column, (feature, statistic) in VALUE_PROFILE_COLUMNS.items()
+    ]
+    return per_feature.groupBy(c.SEGMENT_ID).agg(*picked).select(c.SEGMENT_ID, *VALUE_PROFILE_COLUMNS)
+
+
 # --------------------------------------------------------------------------- names
 
 
@@ -191,11 +213,12 @@ def summaries(sizes: Sequence[Mapping[str, Any]], per_feature: Sequence[Mapping[
 
 
 def profile_features(cfg: Config, available: Sequence[str]) -> list[str]:
-    """The model's numeric features first, then every other numeric feature and
-    attribute present (categorical attributes are described by the RFM-style mix)."""
+    """The model's numeric features first, then every other numeric feature, the
+    customer value (clv, p_alive) and the attributes present (categorical attributes
+    are described by the RFM-style mix)."""
     numeric = [f for f in FEATURE_COLUMNS if f not in (c.CUSTOMER_ID, c.AS_OF_DATE, c.FIRST_PURCHASE, c.LAST_PURCHASE)]
     attributes = [name for name, kind in cfg.attributes.items() if kind == "numeric"]
-    wanted = [*cfg.segment.features, *numeric, *attributes]
+    wanted = [*cfg.segment.features, *numeric, *c.VALUE_FEATURES, *attributes]
     return list(dict.fromkeys(f for f in wanted if f in available and cfg.attributes.get(f) != "categorical"))
 
 

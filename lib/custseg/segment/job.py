@@ -21,6 +21,7 @@ from custseg.segment.model import PreviousModel, SegmentResult, fit, label
 from custseg.segment.persist import MIGRATION_SCHEMA, data_range, model_record, sweep_frame
 from custseg.segment.preprocess import VECTOR, fit_inputs
 from custseg.segment.restarts import Restarted
+from custseg.value.predict import with_value
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,12 @@ def read_features(spark: SparkSession, cfg: Config) -> tuple[DataFrame, dt.date]
     as_of = features.agg(F.max(c.AS_OF_DATE).alias("d")).first()["d"]
     if as_of is None:
         raise io.PrerequisiteError(f"the customer features table {ref} is empty: run the features job first")
+    if set(cfg.segment.features) & set(c.VALUE_FEATURES):
+        # clv and p_alive live in the customer_value table, as of the same date
+        value_ref = io.table_ref(cfg.storage, cfg.tables.customer_value)
+        values = io.read_required(spark, value_ref, "customer value", "the value job")
+        features = features.transform(with_value(values))
+        log.info("model features from %s: %s", value_ref, sorted(set(cfg.segment.features) & set(c.VALUE_FEATURES)))
     missing = sorted((set(cfg.segment.features) | {cfg.segment.value_feature}) - set(features.columns))
     if missing:
         raise ConfigError(

@@ -21,10 +21,10 @@ from custseg.value.summary import MEAN_SPEND, T_CAL, T_X, X, unit_days
 
 DAYS_PER_MONTH = 365.25 / 12
 
-P_ALIVE = "p_alive"
+P_ALIVE = c.P_ALIVE
 EXPECTED_PURCHASES = "expected_purchases"
 EXPECTED_SPEND = "expected_spend"
-CLV = "clv"
+CLV = c.CLV
 
 VALUE_COLUMNS = (c.CUSTOMER_ID, c.AS_OF_DATE, X, T_X, T_CAL, MEAN_SPEND, P_ALIVE, EXPECTED_PURCHASES, EXPECTED_SPEND,
                  CLV)  # fmt: skip
@@ -79,6 +79,28 @@ def customer_value(
             *VALUE_COLUMNS[:-2],
             expected_spend.alias(EXPECTED_SPEND),
             (F.lit(float(margin)) * expected_spend * F.col("_discounted")).alias(CLV),
+        )
+
+    return transform
+
+
+def with_value(values: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Customer features -> the same with each customer's clv and p_alive from ``values``
+    (the customer_value table), matched by customer and as-of date: null for a customer
+    it has no row for, or a row of another as-of date.
+
+    Input columns: customer_id, as_of_date and any others (``values``: customer_id,
+    as_of_date, clv, p_alive).
+    Output columns: the input's, then clv, p_alive.
+    """
+
+    def transform(features: DataFrame) -> DataFrame:
+        value = values.select(c.CUSTOMER_ID, c.AS_OF_DATE, *c.VALUE_FEATURES)
+        kept = [f for f in features.columns if f not in c.VALUE_FEATURES]
+        return (
+            features.select(*kept)
+            .join(value, on=[c.CUSTOMER_ID, c.AS_OF_DATE], how="left")
+            .select(*kept, *c.VALUE_FEATURES)
         )
 
     return transform
